@@ -1,0 +1,137 @@
+"""The Mamba block (Gu & Dao, 2023): a selective SSM with a gated MLP-like wrapper.
+
+Dimension names: B batch, L length, D d_model, E d_inner = expand * D, N d_state,
+R dt_rank, K d_conv.
+
+    x (B, L, D) -> in_proj -> [x, z] (B, E, L) each
+    x -> causal depthwise conv1d (K) -> SiLU -> x_proj -> (dt (R), B (N), C (N))
+    dt -> dt_proj -> softplus(dt + bias) -> selective_scan(x, dt, A, B, C, D, z) -> out_proj
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .scan import selective_scan
+from .state_update import selective_state_update
+
+
+@dataclass
+class MambaState:
+    """Recurrent state of one Mamba block; also the cache that ``step`` updates in place.
+
+    conv: (B, E, K-1) the last K-1 conv inputs.   ssm: (B, E, N) fp32 SSM state.
+    """
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+class Mamba(nn.Module):
+    """Mamba block with whole-sequence ``forward``, state passing, and recurrent ``step``.
+
+    Args:
+        d_model (int): D, input and output width.
+        d_state (int, 16): N, SSM state size per channel.
+        d_conv (int, 4): K, causal depthwise convolution width.
+        expand (int, 2): E = expand * D.
+        dt_rank (int or "auto"): R, rank of the dt projection; "auto" = ceil(D / 16).
+        dt_min, dt_max (float, 0.001, 0.1): softplus(dt_proj bias) is initialised
+            log-uniform in [dt_min, dt_max].
+        dt_init_floor (float, 1e-4): lower clamp of that initial dt.
+        conv_bias (bool, True), bias (bool, False): biases of conv1d and of in/out_proj.
+
+    >>> blk = Mamba(64)
+    >>> y = blk(torch.randn(2, 100, 64))                      # (2, 100, 64)
+    >>> cache = blk.allocate_cache(2); y_t = blk.step(torch.randn(2, 64), cache)
+    """
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto",
+                 dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, conv_bias=True, bias=False,
+                 device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
+                                bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+        # dt_proj: weight ~ U(+-R^-1/2); bias = softplus^-1(dt), dt log-uniform in
+        # [dt_min, dt_max] (mamba_ssm's init; softplus^-1(y) = y + log(1 - exp(-y))).
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        dt = torch.exp(torch.rand(self.d_inner, device=device)
+                       * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+
+        # S4D-real init: A_n = -(n + 1); kept in fp32 as log(-A) whatever the module dtype.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
+        self.A_log = nn.Parameter(torch.log(A).repeat(self.d_inner, 1))     # (E, N)
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))      # (E,)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def allocate_cache(self, batch_size, device=None, dtype=None):
+        """Zero state for ``batch_size`` sequences: conv in the module's dtype, ssm in fp32
+        (fp64 for an fp64 module)."""
+        weight = self.conv1d.weight
+        device = device or weight.device
+        ssm_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        return MambaState(
+            conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device,
+                             dtype=dtype or weight.dtype),
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+                            dtype=ssm_dtype))
+
+    def _ssm_params(self, x):
+        """x (..., E) -> dt (..., E) before bias/softplus, B (..., N), C (..., N)."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def forward(self, x, state=None, return_state=False):
+        """x (B, L, D) -> y (B, L, D); with ``state`` (a MambaState from a previous chunk)
+        the sequence continues from it. ``return_state=True`` also returns the new state."""
+        batch, length, _ = x.shape
+        xz = self.in_proj(x).transpose(1, 2)                              # (B, 2E, L)
+        x, z = xz.chunk(2, dim=1)                                         # (B, E, L) each
+        if state is None:
+            state = self.allocate_cache(batch, device=x.device, dtype=x.dtype)
+        x_padded = torch.cat([state.conv.to(x.dtype), x], dim=-1)         # (B, E, K-1+L)
+        new_conv = x_padded[..., x_padded.shape[-1] - (self.d_conv - 1):]
+        x = F.silu(F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias,
+                            groups=self.d_inner))                         # (B, E, L)
+        dt, B, C = self._ssm_params(x.transpose(1, 2))                    # (B, L, E|N|N)
+        A = -torch.exp(self.A_log.float())                                # (E, N)
+        y, ssm = selective_scan(
+            x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
+            z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            initial_state=state.ssm, return_final_state=True)             # (B, E, L)
+        out = self.out_proj(y.transpose(1, 2))                            # (B, L, D)
+        if return_state:
+            return out, MambaState(conv=new_conv, ssm=ssm)
+        return out
+
+    def step(self, x_t, cache):
+        """One token: x_t (B, D) -> y_t (B, D); ``cache`` (a MambaState) is updated in place."""
+        x, z = self.in_proj(x_t).chunk(2, dim=-1)                         # (B, E) each
+        window = torch.cat([cache.conv, x.unsqueeze(-1).to(cache.conv.dtype)], dim=-1)
+        cache.conv.copy_(window[..., 1:])                                 # (B, E, K-1)
+        x = (window * self.conv1d.weight[:, 0, :]).sum(-1)                # (B, E)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x)
+        dt, B, C = self._ssm_params(x)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(cache.ssm, x, dt, A, B, C, D=self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y)

@@ -1,0 +1,57 @@
+"""``core.selective_scan``: the one op the toolkit stands on, dispatched by device.
+
+Backends (chosen by the tensors' device, never by the caller):
+    cpu   -> kernels.cpu_scan.selective_scan_cpu   (C++ kernel, autograd)
+    cuda  -> kernels.selective_scan                (Triton kernels, autograd)
+The executable specification of both is ``core.scan_reference.selective_scan_ref``.
+"""
+from __future__ import annotations
+
+import logging
+
+from kernels.scan_args import check_scan_args
+
+log = logging.getLogger(__name__)
+_announced = set()
+
+
+def _backend_for(device):
+    if device.type == "cpu":
+        from kernels.cpu_scan import selective_scan_cpu
+        return "cpu (C++ kernel)", selective_scan_cpu
+    if device.type == "cuda":
+        from kernels import triton_scan
+        return "triton", triton_scan.selective_scan
+    raise NotImplementedError(
+        f"selective_scan: no backend for device type '{device.type}' (supported: cpu, cuda); "
+        "core.scan_reference.selective_scan_ref runs anywhere, slowly")
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_final_state=False):
+    """Mamba-1 selective scan with initial state in, final state out, gradients for all.
+
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,   y_t = C_t . h_t + D u_t,   y_t *= silu(z_t)
+
+    Args:
+        u, delta: (B, E, L). z: (B, E, L) gate, optional.
+        A: (E, N). B, C: (B, N, L) or grouped (B, G, N, L), G dividing E.
+        D, delta_bias: (E,), optional. delta_softplus: softplus(delta + delta_bias).
+        initial_state: (B, E, N), optional (zeros).
+        return_final_state: also return the (B, E, N) state after the last step.
+
+    Returns:
+        y (B, E, L) in u's dtype (computed in fp32, or fp64 for fp64 inputs), or
+        (y, final_state) with final_state in the compute dtype.
+
+    >>> y, h = selective_scan(u, delta, A, B, C, D, z, return_final_state=True)
+    >>> y2 = selective_scan(u2, delta2, A, B2, C2, D, z2, initial_state=h)  # continues
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    name, scan = _backend_for(u.device)
+    if name not in _announced:
+        _announced.add(name)
+        log.info("selective_scan: backend %s", name)
+    return scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                delta_softplus=delta_softplus, initial_state=initial_state,
+                return_final_state=return_final_state)

@@ -1,0 +1,122 @@
+"""Fast CPU selective scan: a C++ kernel (kernels/csrc/selective_scan_cpu.cpp), compiled
+once on first use by ``torch.utils.cpp_extension``, behind an autograd Function.
+
+Why C++ and not a chunked PyTorch scan: on a CPU the scan is bound by the exp() of every
+state update. A sequential loop that keeps each channel's N states in registers does
+exactly B*E*N*L exps and nothing else, while parallel-prefix formulations in PyTorch do
+several times the arithmetic and write (B, E, N, chunk) tensors to memory at every chunk.
+
+Dimension names: B batch, E d_inner, N d_state, G groups, L length.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .scan_args import check_scan_args
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_CHUNK = 128  # steps between saved states; the backward recomputes inside a chunk
+
+
+@functools.lru_cache(maxsize=1)
+def load_cpu_extension():
+    """Compile (first call only, about a minute) and import the C++ scan kernel."""
+    from torch.utils.cpp_extension import load
+
+    source = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
+    flags = ["-O3", "-march=native", "-fopenmp"]
+    log.info("selective_scan: building the C++ CPU kernel from %s (cached after the first build)",
+             source)
+    try:
+        module = load(name="mambaseq_selective_scan_cpu", sources=[str(source)],
+                      extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                      verbose=os.environ.get("MAMBASEQ_VERBOSE_BUILD") == "1")
+    except (RuntimeError, OSError) as err:
+        raise RuntimeError(
+            "selective_scan: could not build the C++ CPU kernel (needs a C++17 compiler such as "
+            f"g++ and the 'ninja' package): {err}") from err
+    log.info("selective_scan: using the C++ CPU kernel")
+    return module
+
+
+def _time_major(bc):
+    """(B, N, L) or (B, G, N, L) -> contiguous (B, G, L, N)."""
+    if bc.dim() == 3:
+        bc = bc.unsqueeze(1)
+    return bc.transpose(-1, -2).contiguous()
+
+
+def _from_time_major(grad, like):
+    """Inverse of _time_major for a gradient: (B, G, L, N) -> like's shape."""
+    grad = grad.transpose(-1, -2)
+    return grad.reshape(like.shape).to(like.dtype)
+
+
+class _SelectiveScanCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+        compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+        batch, d_inner, _ = u.shape
+        d_state = A.shape[1]
+        groups = 1 if B.dim() == 3 else B.shape[1]
+
+        def prep(t):
+            return t.to(compute).contiguous()
+
+        u_c, delta_c, A_c = prep(u), prep(delta), prep(A)
+        B_c, C_c = prep(_time_major(B)), prep(_time_major(C))
+        D_c = prep(D) if D is not None else u_c.new_zeros(d_inner)
+        bias_c = prep(delta_bias) if delta_bias is not None else u_c.new_zeros(d_inner)
+        z_c = prep(z) if z is not None else u_c.new_empty(0)
+        h0_c = (prep(initial_state) if initial_state is not None
+                else u_c.new_zeros(batch, d_inner, d_state))
+        needs_grad = any(ctx.needs_input_grad)
+        y, final_state, ckpt = load_cpu_extension().scan_fwd(
+            u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c,
+            delta_softplus, z is not None, CHECKPOINT_CHUNK, needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt)
+            ctx.originals = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+            ctx.delta_softplus = delta_softplus
+        ctx.mark_non_differentiable(ckpt)
+        return y.to(u.dtype), final_state, ckpt
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final, _grad_ckpt):
+        u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.originals
+        grad_y = grad_y.to(u_c.dtype).contiguous()
+        grad_final = (grad_final.to(u_c.dtype).contiguous() if grad_final is not None
+                      else torch.zeros_like(h0_c))
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = load_cpu_extension().scan_bwd(
+            grad_y, grad_final, u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt,
+            ctx.delta_softplus, z is not None, CHECKPOINT_CHUNK)
+
+        def cast(grad, like):
+            return grad.to(like.dtype) if like is not None else None
+
+        return (cast(du, u), cast(ddelta, delta), cast(dA, A),
+                _from_time_major(dB, B), _from_time_major(dC, C), cast(dD, D),
+                cast(dz, z), cast(dbias, delta_bias), cast(dh0, initial_state), None)
+
+
+def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                       delta_softplus=False, initial_state=None, return_final_state=False):
+    """Selective scan on CPU tensors with the C++ kernel; same contract as
+    ``core.selective_scan`` (see ``core.scan_reference.selective_scan_ref`` for shapes).
+
+    The forward never holds more than the inputs, the output and O(B*E*N) state; with
+    gradients it also keeps one (B, E, N) state every CHECKPOINT_CHUNK steps.
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if u.device.type != "cpu":
+        raise ValueError(f"selective_scan_cpu: tensors must be on the CPU, got {u.device}")
+    y, final_state, _ = _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias,
+                                                initial_state, delta_softplus)
+    return (y, final_state) if return_final_state else y
