@@ -1,0 +1,292 @@
+"""The ``mambaseq`` command line: one entry point, one module per subcommand.
+
+    mambaseq SUBCOMMAND [--config FILE] [--debug] [options]     (or python -m pipelines ...)
+
+A subcommand is a module ``pipelines/cmd_<name with _>.py`` that exposes
+
+    HELP = "one line"                    # shown by ``mambaseq --help``
+    def add_arguments(parser): ...       # argparse options of the subcommand
+    def run(args) -> int | None: ...     # does the work; None means exit code 0
+
+Modules are imported only when their subcommand runs (or when the top-level help lists
+them), so a missing or broken module breaks its own subcommand and nothing else.
+
+``--config FILE`` (YAML or JSON mapping of option dest names, ``batch_size`` or
+``batch-size``) supplies any option; the command line overrides it. The resolved options
+are written to ``<--out>/config.json``, which can be given back as ``--config``.
+Errors are one line on stderr and a non-zero exit code; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+PROG = "mambaseq"
+
+# Subcommand name -> module. Owners: genomics (pretrain-genome, eval-genome,
+# classify-species, embed), audio (train-audio, generate-audio, eval-audio), bench, demo.
+COMMANDS = {
+    "pretrain-genome": "pipelines.cmd_pretrain_genome",
+    "eval-genome": "pipelines.cmd_eval_genome",
+    "classify-species": "pipelines.cmd_classify_species",
+    "embed": "pipelines.cmd_embed",
+    "train-audio": "pipelines.cmd_train_audio",
+    "generate-audio": "pipelines.cmd_generate_audio",
+    "eval-audio": "pipelines.cmd_eval_audio",
+    "bench": "pipelines.cmd_bench",
+    "demo": "pipelines.cmd_demo",
+}
+
+# Options that steer the command line itself; never taken from nor saved to a config file.
+_CLI_DESTS = ("help", "config", "debug")
+
+
+class CommandUnavailable(RuntimeError):
+    """A registered subcommand whose module is missing, fails to import, or lacks the API.
+
+    ``reason`` is the short why (for listings); ``str(e)`` is the full one-line message.
+    """
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"subcommand {name!r} is not available: {reason}")
+        self.reason = reason
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, keeps description line breaks."""
+
+
+def load_command(name: str):
+    """Import the module of subcommand ``name``.
+
+    Returns:
+        module with ``HELP``, ``add_arguments`` and ``run``.
+    Raises:
+        CommandUnavailable: unknown name, module missing, import error, or API missing.
+    """
+    if name not in COMMANDS:
+        raise CommandUnavailable(name, f"unknown subcommand; choose from: {', '.join(COMMANDS)}")
+    module_name = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise CommandUnavailable(name, f"module {module_name} is not written yet") from e
+        raise CommandUnavailable(
+            name, f"importing {module_name} failed: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise CommandUnavailable(
+            name, f"importing {module_name} failed: {type(e).__name__}: {e}") from e
+    missing = [a for a in ("HELP", "add_arguments", "run") if not hasattr(module, a)]
+    if missing:
+        raise CommandUnavailable(name, f"{module_name} lacks {', '.join(missing)}")
+    return module
+
+
+def build_parser(name: str, module) -> argparse.ArgumentParser:
+    """The argparse parser of one subcommand: ``--config``, ``--debug`` + the module's options."""
+    parser = argparse.ArgumentParser(prog=f"{PROG} {name}", description=module.HELP,
+                                     formatter_class=HelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="YAML or JSON file of options (dest names); the command line "
+                             "overrides it")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback on errors")
+    module.add_arguments(parser)
+    return parser
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """Read a YAML or JSON mapping of options from ``path``.
+
+    Raises:
+        ValueError: the file is missing, unreadable, not YAML/JSON, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:  # YAML is a superset of JSON, so any other name is read as YAML
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as e:
+        raise ValueError(f"config file {path} cannot be parsed: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of options, "
+                         f"not a {type(data).__name__}")
+    return data
+
+
+def _convert(action: argparse.Action, key: str, value, path):
+    """One config value checked and converted the way argparse would treat it on the command line."""
+    where = f"config file {path}, option {key!r}"
+    if action.nargs == 0:  # store_true / store_false / store_const flags
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(action.nargs, int) or action.nargs in ("*", "+"):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_convert_one(action, where, v) for v in value]
+    return _convert_one(action, where, value)
+
+
+def _convert_one(action: argparse.Action, where: str, value):
+    if value is not None and action.type is not None:
+        if isinstance(value, str):
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+                raise ValueError(f"{where}: invalid value {value!r}: {e}") from e
+        elif action.type is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+        elif action.type is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"{where}: {value!r} is not one of {list(action.choices)}")
+    return value
+
+
+def apply_config(parser: argparse.ArgumentParser, config: dict, path, command: str) -> None:
+    """Make the options in ``config`` the parser's defaults (the command line still wins).
+
+    Keys are dest names; dashes are accepted for underscores. A ``command`` key (as saved in
+    ``config.json``) must name this subcommand.
+
+    Raises:
+        ValueError: an unknown key, a value of the wrong type, a choice not allowed.
+    """
+    actions = {a.dest: a for a in parser._actions if a.dest not in _CLI_DESTS}
+    defaults = {}
+    for key, value in config.items():
+        dest = str(key).replace("-", "_")
+        if dest == "command":
+            if value != command:
+                raise ValueError(f"config file {path} is for subcommand {value!r}, not {command!r}")
+            continue
+        if dest not in actions:
+            raise ValueError(f"config file {path}: unknown option {key!r} for {PROG} {command} "
+                             f"(known: {', '.join(sorted(actions))})")
+        defaults[dest] = _convert(actions[dest], key, value, path)
+        actions[dest].required = False  # the file supplies it
+    parser.set_defaults(**defaults)
+
+
+def resolved_config(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> dict:
+    """The options a run used, as JSON-ready ``{"command": name, dest: value, ...}``."""
+    def plain(v):
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return str(v)
+
+    config = {"command": command}
+    for action in parser._actions:
+        if action.dest not in _CLI_DESTS and hasattr(args, action.dest):
+            config[action.dest] = plain(getattr(args, action.dest))
+    return config
+
+
+def prepare_out_dir(out, config: dict) -> None:
+    """Create ``out`` and write ``config.json`` there (temp file + rename); rank 0 only.
+
+    Raises:
+        ValueError: ``out`` is not a directory that can be created and written.
+    """
+    if os.environ.get("RANK", "0") != "0":  # torchrun: one writer
+        return
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".config.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, out / "config.json")
+    except OSError as e:
+        raise ValueError(f"output directory {out} is not writable: {e.strerror or e}") from e
+
+
+def _top_help() -> str:
+    lines = [f"usage: {PROG} SUBCOMMAND [--config FILE] [--debug] [options]",
+             "",
+             "Mamba (selective SSM) models on DNA and audio. "
+             f"'{PROG} SUBCOMMAND --help' explains a subcommand's options.",
+             "",
+             "subcommands:"]
+    for name in COMMANDS:
+        try:
+            summary = load_command(name).HELP
+        except CommandUnavailable as e:
+            summary = f"(unavailable: {e.reason})"
+        lines.append(f"  {name:<18}{summary}")
+    return "\n".join(lines)
+
+
+def _error(prefix: str, message: str) -> None:
+    print(f"{prefix}: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. ``argv`` defaults to ``sys.argv[1:]``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    debug = "--debug" in rest
+    try:
+        module = load_command(name)
+    except CommandUnavailable as e:
+        if debug:
+            traceback.print_exc()
+        _error(PROG, str(e))
+        return 2
+
+    parser = build_parser(name, module)
+    prefix = f"{PROG} {name}"
+    try:
+        config_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        config_only.add_argument("--config")
+        config_path = config_only.parse_known_args(rest)[0].config
+        if config_path:
+            apply_config(parser, load_config_file(config_path), config_path, name)
+    except ValueError as e:
+        _error(prefix, str(e))
+        return 2
+    args = parser.parse_args(rest)  # exits with code 2 and a usage line on bad options
+    args.command = name
+
+    try:
+        if getattr(args, "out", None):
+            prepare_out_dir(args.out, resolved_config(parser, args, name))
+        code = module.run(args)
+    except KeyboardInterrupt:
+        _error(prefix, "interrupted" + (" (continue with --resume)" if hasattr(args, "resume") else ""))
+        return 130
+    except Exception as e:  # one clear line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        if type(e).__name__ == "OutOfMemoryError":
+            _error(prefix, f"out of GPU memory ({e}); try a smaller --batch-size or "
+                           "--seq-len, or a chunked mode")
+        else:
+            _error(prefix, f"{type(e).__name__}: {e}" if not isinstance(e, (ValueError, OSError))
+                   else str(e))
+        return 1
+    return 0 if code is None else int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
