@@ -7,6 +7,19 @@ from .mamba import Mamba, MambaState
 from .scan import selective_scan
 from .scan_reference import selective_scan_ref
 from .state_update import selective_state_update, selective_state_update_ref
+from .norm import RMSNorm
+from .backbone import MambaBackbone, MambaBackboneConfig
+from .bimamba import (BiMamba, BiMambaBackbone, BiMambaBackboneConfig,
+                      reverse_complement_hidden)
+from .heads import (MambaLM, MambaLMConfig, RCEmbedding, SequenceClassifier,
+                    SequenceClassifierConfig, pool_hidden)
+from .sampling import sample_logits, top_k_filter, top_p_filter
+from .pretrained import load_pretrained
 
 __all__ = ["Mamba", "MambaState", "selective_scan", "selective_scan_ref",
-           "selective_state_update", "selective_state_update_ref"]
+           "selective_state_update", "selective_state_update_ref",
+           "RMSNorm", "MambaBackbone", "MambaBackboneConfig",
+           "BiMamba", "BiMambaBackbone", "BiMambaBackboneConfig", "reverse_complement_hidden",
+           "MambaLM", "MambaLMConfig", "SequenceClassifier", "SequenceClassifierConfig",
+           "RCEmbedding", "pool_hidden", "sample_logits", "top_k_filter", "top_p_filter",
+           "load_pretrained"]

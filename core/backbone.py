@@ -1,0 +1,175 @@
+"""The causal Mamba backbone: a residual, pre-norm stack of Mamba blocks.
+
+Dimension names: B batch, L length, D d_model, E d_inner.
+
+    x (B, L, D) -> residual r = x (fp32)
+    for each layer:  r = r + Mamba(RMSNorm(r))          (residual kept in fp32)
+    y = RMSNorm_f(r)                                     (B, L, D)
+
+Without gradients, a sequence longer than ``chunk_size`` is processed chunk by chunk with
+the recurrent state passed between chunks, so a million-step ``backbone(x)`` under
+``torch.no_grad()`` holds only one chunk's activations besides its input and output.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .mamba import Mamba, MambaState
+from .norm import RMSNorm
+from .pretrained import PretrainedMixin
+
+DEFAULT_CHUNK = 2 ** 14
+
+
+class Block(nn.Module):
+    """Pre-norm residual block around a mixer: ``residual + mixer(norm(residual))``.
+
+    The residual stream stays in fp32 whatever the mixer's dtype (as mamba_ssm's
+    ``residual_in_fp32``): in bf16 a million small updates would otherwise round away.
+    """
+
+    def __init__(self, d_model, mixer, norm_eps=1e-5, device=None, dtype=None):
+        super().__init__()
+        self.norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
+        self.mixer = mixer
+
+    def mixer_input(self, residual, dtype):
+        """(..., D) fp32 residual -> normalised mixer input in the mixer's dtype."""
+        return self.norm(residual).to(dtype)
+
+
+def init_backbone_weights(module, n_layer):
+    """mamba_ssm's ``_init_weights``: zero Linear biases (except dt_proj's, flagged
+    ``_no_reinit``) and scale every ``out_proj`` by 1/sqrt(n_layer), so that the variance of
+    the residual stream does not grow with depth (GPT-2's scaled residual init)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Linear):
+            if sub.bias is not None and not getattr(sub.bias, "_no_reinit", False):
+                nn.init.zeros_(sub.bias)
+            if name.endswith("out_proj"):
+                nn.init.kaiming_uniform_(sub.weight, a=math.sqrt(5))
+                with torch.no_grad():
+                    sub.weight /= math.sqrt(n_layer)
+
+
+def lengths_from_mask(mask, length=None):
+    """(B, L) bool/0-1 padding mask, True on real steps -> lengths (B,) long.
+
+    Only right padding is accepted (each row is ones then zeros): with left padding a causal
+    model would read the padding first. Raises ValueError naming the first bad row.
+    """
+    mask = mask.bool()
+    if length is not None and mask.shape[-1] != length:
+        raise ValueError(f"mask has length {mask.shape[-1]}, the input {length}")
+    lengths = mask.sum(-1)
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    expected = positions[None, :] < lengths[:, None]
+    bad = (expected != mask).any(-1)
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise ValueError(f"mask row {row} is not right-padded (ones then zeros); "
+                         "pad sequences at the end")
+    return lengths
+
+
+@dataclass
+class MambaBackboneConfig:
+    d_model: int                      # D
+    n_layer: int                      # number of residual Mamba blocks
+    d_state: int = 16                 # N
+    d_conv: int = 4                   # K, causal conv width
+    expand: int = 2                   # E = expand * D
+    norm_eps: float = 1e-5
+    chunk_size: int = DEFAULT_CHUNK   # steps per chunk of a gradient-free long forward
+
+
+class MambaBackbone(PretrainedMixin, nn.Module):
+    """Causal residual pre-norm stack of Mamba blocks: (B, L, D) -> (B, L, D).
+
+    Args:
+        d_model (int): D.  n_layer (int): number of blocks.
+        d_state (int, 16), d_conv (int, 4), expand (int, 2): passed to each ``Mamba``.
+        norm_eps (float, 1e-5): RMSNorm epsilon.
+        chunk_size (int, 16384): with gradients off, inputs longer than this are processed
+            in chunks of this many steps that pass state (bounded memory at any length).
+
+    The recurrent state of the stack is a list with one ``MambaState`` per layer.
+
+    >>> bb = MambaBackbone(64, n_layer=4)
+    >>> y = bb(torch.randn(2, 1000, 64))                        # (2, 1000, 64)
+    >>> y1, st = bb(x[:, :500], return_state=True); y2 = bb(x[:, 500:], state=st)
+    >>> cache = bb.allocate_cache(2); y_t = bb.step(x[:, 0], cache)   # (2, 64)
+    """
+
+    config_class = MambaBackboneConfig
+
+    def __init__(self, d_model, n_layer, d_state=16, d_conv=4, expand=2, norm_eps=1e-5,
+                 chunk_size=DEFAULT_CHUNK, device=None, dtype=None):
+        super().__init__()
+        self.config = MambaBackboneConfig(d_model, n_layer, d_state, d_conv, expand, norm_eps,
+                                          chunk_size)
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.n_layer, self.chunk_size = d_model, n_layer, chunk_size
+        self.layers = nn.ModuleList(
+            Block(d_model, Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand,
+                                 **factory), norm_eps, **factory)
+            for _ in range(n_layer))
+        self.norm_f = RMSNorm(d_model, eps=norm_eps, **factory)
+        init_backbone_weights(self, n_layer)
+
+    def allocate_cache(self, batch_size, device=None, dtype=None):
+        """Zero recurrent state: a list of ``n_layer`` ``MambaState``."""
+        return [blk.mixer.allocate_cache(batch_size, device=device, dtype=dtype)
+                for blk in self.layers]
+
+    def forward(self, x, state=None, return_state=False, mask=None):
+        """x (B, L, D) -> y (B, L, D), causal.
+
+        Args:
+            state (list[MambaState], optional): continue from a previous chunk's state.
+            return_state (bool, False): also return the state after the last step.
+            mask (B, L), optional: padding mask, True on real steps. It must be
+                right-padded; being causal, the stack then needs nothing more for the real
+                steps to match those of the unpadded sequence (padded steps are not zeroed).
+        """
+        if mask is not None:
+            lengths_from_mask(mask, x.shape[1])
+        length = x.shape[1]
+        if torch.is_grad_enabled() or length <= self.chunk_size:
+            y, state = self._forward_whole(x, state)
+        else:
+            y = torch.empty_like(x)
+            for start in range(0, length, self.chunk_size):
+                end = min(start + self.chunk_size, length)
+                y[:, start:end], state = self._forward_whole(x[:, start:end], state)
+        return (y, state) if return_state else y
+
+    def _forward_whole(self, x, state):
+        """All layers over x (B, L, D) at once; returns y and the list of new states."""
+        residual = x.float()                                              # (B, L, D)
+        new_state = []
+        for i, blk in enumerate(self.layers):
+            h, s = blk.mixer(blk.mixer_input(residual, x.dtype),
+                             state=None if state is None else state[i], return_state=True)
+            residual = residual + h.float()
+            new_state.append(s)
+        return self.norm_f(residual).to(x.dtype), new_state
+
+    def step(self, x_t, cache):
+        """One step: x_t (B, D) -> y_t (B, D); ``cache`` (from ``allocate_cache`` or a
+        returned state) is updated in place."""
+        residual = x_t.float()
+        for blk, layer_cache in zip(self.layers, cache):
+            residual = residual + blk.mixer.step(blk.mixer_input(residual, x_t.dtype),
+                                                 layer_cache).float()
+        return self.norm_f(residual).to(x_t.dtype)
+
+
+def clone_state(state):
+    """A fresh, contiguous copy of a list of ``MambaState`` (e.g. to ``step`` from the state
+    a ``forward(..., return_state=True)`` returned, without aliasing its tensors)."""
+    return [MambaState(conv=s.conv.contiguous().clone(), ssm=s.ssm.clone()) for s in state]

@@ -1,0 +1,263 @@
+"""Models with token inputs: the causal language model and the sequence classifier.
+
+Dimension names: B batch, L length, D d_model, V vocabulary, C classes, F feature width
+(D, or D/2 for the RC-symmetrised features of an RC-equivariant model).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import DEFAULT_CHUNK, MambaBackbone, clone_state, lengths_from_mask
+from .bimamba import BiMambaBackbone
+from .pretrained import PretrainedMixin
+from .sampling import sample_logits
+
+POOLINGS = ("mean", "last", "max")
+
+
+def pool_hidden(h, mask=None, mode="mean"):
+    """Pool (B, L, F) over the real steps of each row -> (B, F).
+
+    Args:
+        mask (B, L), optional: True on real steps (right-padded); all steps if None.
+        mode (str, "mean"): "mean", "last" (the last real step) or "max".
+    """
+    if mode not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {mode!r}")
+    batch, length, _ = h.shape
+    if mask is None:
+        lengths = torch.full((batch,), length, device=h.device, dtype=torch.long)
+        mask = torch.ones(batch, length, device=h.device, dtype=torch.bool)
+    else:
+        lengths = lengths_from_mask(mask, length)
+        mask = mask.bool()
+        if (lengths == 0).any():
+            raise ValueError("pooling: a row of the mask has no real step")
+    if mode == "last":
+        return h[torch.arange(batch, device=h.device), lengths - 1]
+    if mode == "max":
+        return h.masked_fill(~mask[..., None], float("-inf")).amax(1)
+    return (h * mask[..., None]).sum(1) / lengths[:, None].to(h.dtype)
+
+
+class RCEmbedding(nn.Module):
+    """Reverse-complement equivariant token embedding (Caduceus ``RCPSEmbedding``).
+
+    emb(ids) = [E(ids) | flip_channels(E(complement[ids]))], E of width D/2, so that
+    emb(RC(ids)) = reverse_complement_hidden(emb(ids)) with RC(ids) = complement[reversed ids].
+
+    Args:
+        vocab_size (int): V.  d_model (int): D, even.
+        complement (sequence of int): complement[i] is the id of token i's complement; must
+            be an involution of range(V) (specials map to themselves). Supplied by the caller
+            (e.g. a nucleotide tokenizer): ``core`` knows nothing of DNA.
+    """
+
+    def __init__(self, vocab_size, d_model, complement, device=None, dtype=None):
+        super().__init__()
+        comp = torch.as_tensor(list(complement), dtype=torch.long)
+        if comp.shape != (vocab_size,) or not torch.equal(comp.sort().values,
+                                                           torch.arange(vocab_size)):
+            raise ValueError(f"complement must be a permutation of range({vocab_size})")
+        if not torch.equal(comp[comp], torch.arange(vocab_size)):
+            raise ValueError("complement must be an involution (complement of complement = id)")
+        if d_model % 2:
+            raise ValueError(f"RCEmbedding needs an even d_model, got {d_model}")
+        self.embedding = nn.Embedding(vocab_size, d_model // 2, device=device, dtype=dtype)
+        self.register_buffer("complement", comp.to(device), persistent=False)
+
+    def forward(self, ids):
+        return torch.cat([self.embedding(ids), self.embedding(self.complement[ids]).flip(-1)], -1)
+
+
+@dataclass
+class MambaLMConfig:
+    vocab_size: int                   # V
+    d_model: int                      # D
+    n_layer: int
+    d_state: int = 16                 # N
+    d_conv: int = 4                   # K
+    expand: int = 2                   # E = expand * D
+    norm_eps: float = 1e-5
+    chunk_size: int = DEFAULT_CHUNK
+
+
+class MambaLM(PretrainedMixin, nn.Module):
+    """Next-token language model: embedding -> causal ``MambaBackbone`` -> tied LM head.
+
+    Args:
+        vocab_size (int): V.  d_model (int): D.  n_layer (int).
+        d_state, d_conv, expand, norm_eps, chunk_size: as in ``MambaBackbone``.
+
+    >>> lm = MambaLM(vocab_size=16, d_model=128, n_layer=4)
+    >>> logits = lm(ids)                                            # (B, L, V)
+    >>> cache = lm.allocate_cache(2); logits_t = lm.step(ids[:, 0], cache)   # (B, V)
+    >>> out = lm.generate(prompt, 100, temperature=0.8, top_p=0.9, generator=g)
+    """
+
+    config_class = MambaLMConfig
+
+    def __init__(self, vocab_size, d_model, n_layer, d_state=16, d_conv=4, expand=2,
+                 norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, device=None, dtype=None):
+        super().__init__()
+        self.config = MambaLMConfig(vocab_size, d_model, n_layer, d_state, d_conv, expand,
+                                    norm_eps, chunk_size)
+        self.embedding = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        nn.init.normal_(self.embedding.weight, std=0.02)   # mamba_ssm's initializer_range
+        self.backbone = MambaBackbone(d_model, n_layer, d_state, d_conv, expand, norm_eps,
+                                      chunk_size, device=device, dtype=dtype)
+
+    def lm_head(self, h):
+        """(..., D) -> (..., V) fp32 logits; the output matrix is the embedding (tied)."""
+        return F.linear(h, self.embedding.weight).float()
+
+    def forward(self, ids, state=None, return_state=False):
+        """ids (B, L) -> logits (B, L, V); ``state``/``return_state`` as in the backbone."""
+        h, state = self.backbone(self.embedding(ids), state=state, return_state=True)
+        logits = self.lm_head(h)
+        return (logits, state) if return_state else logits
+
+    def embed(self, ids, mask=None, pooling=None):
+        """Final hidden states: (B, L, D) per position, or (B, D) with ``pooling`` in
+        "mean" / "last" / "max" over the real steps of ``mask``."""
+        h = self.backbone(self.embedding(ids), mask=mask)
+        return h if pooling is None else pool_hidden(h, mask, pooling)
+
+    def allocate_cache(self, batch_size, device=None, dtype=None):
+        """Zero recurrent state for ``step`` (a list of per-layer ``MambaState``)."""
+        return self.backbone.allocate_cache(batch_size, device=device, dtype=dtype)
+
+    def step(self, ids_t, cache):
+        """One token per row: ids_t (B,) -> logits (B, V); ``cache`` is updated in place."""
+        return self.lm_head(self.backbone.step(self.embedding(ids_t), cache))
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 generator=None):
+        """Continue ``prompt_ids`` (B, L0 >= 1) by ``max_new_tokens`` sampled tokens.
+
+        The prompt is read in one parallel (chunked if long) forward that returns the
+        recurrent state; each new token then costs one ``step``: O(1) time and memory.
+
+        Args:
+            temperature (float, 1.0): 0 = greedy.  top_k (int), top_p (float): filters.
+            generator (torch.Generator, optional): same generator state, same output.
+
+        Returns:
+            (B, L0 + max_new_tokens) long: the prompt followed by the new tokens.
+        """
+        if prompt_ids.dim() != 2 or prompt_ids.shape[1] == 0:
+            raise ValueError(f"prompt_ids must be (batch, length >= 1), got "
+                             f"{tuple(prompt_ids.shape)}")
+        logits, state = self(prompt_ids, return_state=True)
+        cache = clone_state(state)
+        logits_t = logits[:, -1]
+        new = []
+        for i in range(max_new_tokens):
+            tok = sample_logits(logits_t, temperature, top_k, top_p, generator)   # (B,)
+            new.append(tok)
+            if i + 1 < max_new_tokens:
+                logits_t = self.step(tok, cache)
+        if not new:
+            return prompt_ids
+        return torch.cat([prompt_ids, torch.stack(new, 1).to(prompt_ids.dtype)], 1)
+
+
+@dataclass
+class SequenceClassifierConfig:
+    vocab_size: int                   # V
+    d_model: int                      # D
+    n_layer: int
+    num_classes: int                  # C
+    pooling: str = "mean"             # "mean" | "last" | "max" over the real steps
+    bidirectional: bool = False       # BiMambaBackbone instead of the causal MambaBackbone
+    rc_equivariant: bool = False      # RC-equivariant embedding + backbone, invariant head
+    complement: Optional[list] = None  # token id -> complement id (rc_equivariant only)
+    d_state: int = 16                 # N
+    d_conv: int = 4                   # K
+    expand: int = 2
+    norm_eps: float = 1e-5
+    chunk_size: int = DEFAULT_CHUNK
+
+
+class SequenceClassifier(PretrainedMixin, nn.Module):
+    """Embedding -> causal or bidirectional backbone -> pooling over a mask -> linear.
+
+    Args:
+        vocab_size (int), d_model (int), n_layer (int), num_classes (int).
+        pooling (str, "mean"): "mean", "last" or "max" over the real steps.
+        bidirectional (bool, False): ``BiMambaBackbone`` rather than ``MambaBackbone``.
+        rc_equivariant (bool, False): needs ``bidirectional`` and ``complement``; the
+            embedding and backbone are RC-equivariant and the head reads the symmetrised
+            features h[:, :, :D/2] + flip(h[:, :, D/2:]) so that the logits are exactly
+            RC-invariant ("last" is refused: RC moves the last step to the first).
+        complement (list[int], optional): the complement of each token id.
+        d_state, d_conv, expand, norm_eps, chunk_size: as in the backbones.
+
+    >>> clf = SequenceClassifier(16, 64, 4, num_classes=10, bidirectional=True,
+    ...                          rc_equivariant=True, complement=tokenizer.complement_ids)
+    >>> logits = clf(ids, mask)                                      # (B, C)
+    """
+
+    config_class = SequenceClassifierConfig
+
+    def __init__(self, vocab_size, d_model, n_layer, num_classes, pooling="mean",
+                 bidirectional=False, rc_equivariant=False, complement=None, d_state=16,
+                 d_conv=4, expand=2, norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, device=None,
+                 dtype=None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if rc_equivariant:
+            if not bidirectional:
+                raise ValueError("rc_equivariant needs bidirectional=True")
+            if complement is None:
+                raise ValueError("rc_equivariant needs the token complement map `complement`")
+            if pooling == "last":
+                raise ValueError("pooling='last' is not RC-invariant; use 'mean' or 'max'")
+        complement = None if complement is None else [int(c) for c in complement]
+        self.config = SequenceClassifierConfig(
+            vocab_size, d_model, n_layer, num_classes, pooling, bidirectional, rc_equivariant,
+            complement, d_state, d_conv, expand, norm_eps, chunk_size)
+        factory = {"device": device, "dtype": dtype}
+        if rc_equivariant:
+            self.embedding = RCEmbedding(vocab_size, d_model, complement, **factory)
+            nn.init.normal_(self.embedding.embedding.weight, std=0.02)
+        else:
+            self.embedding = nn.Embedding(vocab_size, d_model, **factory)
+            nn.init.normal_(self.embedding.weight, std=0.02)
+        kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, norm_eps=norm_eps,
+                  chunk_size=chunk_size, **factory)
+        if bidirectional:
+            self.backbone = BiMambaBackbone(d_model, n_layer, rc_equivariant=rc_equivariant,
+                                            **kw)
+        else:
+            self.backbone = MambaBackbone(d_model, n_layer, **kw)
+        self.feature_dim = d_model // 2 if rc_equivariant else d_model
+        self.head = nn.Linear(self.feature_dim, num_classes, **factory)
+
+    def hidden(self, ids, mask=None):
+        """Per-position backbone output (B, L, D) (RC-equivariant when ``rc_equivariant``)."""
+        return self.backbone(self.embedding(ids), mask=mask)
+
+    def features(self, h):
+        """(B, L, D) -> (B, L, F) features fed to pooling (RC-symmetrised if rc_equivariant)."""
+        if not self.config.rc_equivariant:
+            return h
+        a, b = h.split(self.feature_dim, dim=-1)
+        return a + b.flip(-1)
+
+    def embed(self, ids, mask=None, pooling=None):
+        """(B, L, D) per-position hidden states, or with ``pooling`` ("mean"/"last"/"max")
+        the (B, F) pooled features the head reads."""
+        h = self.hidden(ids, mask)
+        return h if pooling is None else pool_hidden(self.features(h), mask, pooling)
+
+    def forward(self, ids, mask=None):
+        """ids (B, L), mask (B, L) True on real steps (right-padded) -> logits (B, C)."""
+        return self.head(self.embed(ids, mask, pooling=self.config.pooling))
