@@ -1,0 +1,20 @@
+"""Audio on Mamba: mu-law quantisation, wav/flac/ogg I/O, speech folders split by speaker,
+speech-like demo audio, and NLL in bits per sample.
+
+Dimension names: B batch, L length (samples), C classes (2**bits, 256 by default).
+"""
+from .datasets import (FSDD_SPEAKER_REGEX, AudioClips, find_audio_files, speakers_from_csv,
+                       speakers_from_regex, split_files)
+from .io import AudioFileError, load_audio, save_audio
+from .metrics import markov_bits_per_sample, nll_bits
+from .quantize import Quantizer, linear_decode, linear_encode, mu_law_decode, mu_law_encode
+from .synth import Voice, speech_like, write_demo_corpus
+
+__all__ = [
+    "Quantizer", "mu_law_encode", "mu_law_decode", "linear_encode", "linear_decode",
+    "load_audio", "save_audio", "AudioFileError",
+    "find_audio_files", "speakers_from_regex", "speakers_from_csv", "split_files",
+    "FSDD_SPEAKER_REGEX", "AudioClips",
+    "speech_like", "Voice", "write_demo_corpus",
+    "nll_bits", "markov_bits_per_sample",
+]

@@ -1,0 +1,212 @@
+"""Folders of audio files as quantised clips: fixed-length crops for training, whole clips
+with padding masks for scoring, and train/test splits by file or by speaker.
+
+Dimension names: B batch, L length (samples). Tokens are quantiser classes (int64).
+
+>>> files = find_audio_files("fsdd/")                                       # doctest: +SKIP
+>>> train, test = split_files(files, by="speaker", speakers=speakers_from_regex(files))
+>>> clips = AudioClips.from_files(train, sample_rate=8000)
+>>> batch = clips.crops(step=0, seq_len=4096, batch_size=8)   # tokens, mask (8, 4097)
+"""
+from __future__ import annotations
+
+import csv
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .io import AUDIO_EXTENSIONS, load_audio
+from .quantize import Quantizer
+
+# FSDD's names, {digit}_{speaker}_{take}.wav; the demo generator writes the same shape.
+FSDD_SPEAKER_REGEX = r"(?:^|/)\d+_(?P<speaker>[^_/]+)_\d+\.\w+$"
+SPLIT_BY = ("file", "speaker")
+
+
+def find_audio_files(root) -> list[Path]:
+    """All .wav/.flac/.ogg files under ``root`` (recursive), sorted; a file is accepted too.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or holds no audio file.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    files = sorted(p for p in root.rglob("*")
+                   if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+    return files
+
+
+def speakers_from_regex(files, pattern: str = FSDD_SPEAKER_REGEX, root=None
+                        ) -> dict[Path, str]:
+    """Speaker of each file from a regex searched in its path (relative to ``root`` when
+    given, as a '/'-separated string); the speaker is the group named ``speaker``, else
+    group 1.
+
+    Raises:
+        ValueError: naming the first file the pattern does not match.
+    """
+    regex = re.compile(pattern)
+    group = "speaker" if "speaker" in regex.groupindex else 1
+    speakers = {}
+    for f in files:
+        name = (Path(f).relative_to(root) if root else Path(f)).as_posix()
+        match = regex.search(name)
+        if match is None:
+            raise ValueError(f"{f}: speaker regex {pattern!r} does not match this file")
+        speakers[Path(f)] = match.group(group)
+    return speakers
+
+
+def speakers_from_csv(csv_path, files, root=None) -> dict[Path, str]:
+    """Speaker of each file from a CSV with header columns ``file,speaker``; ``file`` is a
+    path relative to ``root`` (or absolute), or a bare file name when that is unambiguous.
+
+    Raises:
+        ValueError: a file missing from the CSV (named), or a CSV without those columns.
+    """
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"file", "speaker"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{csv_path}: expected header columns 'file,speaker', "
+                             f"got {reader.fieldnames}")
+        table = {row["file"].strip(): row["speaker"].strip() for row in reader}
+    speakers = {}
+    for f in files:
+        f = Path(f)
+        keys = [f.as_posix(), f.name]
+        if root is not None:
+            keys.insert(0, f.relative_to(root).as_posix())
+        speaker = next((table[k] for k in keys if k in table), None)
+        if speaker is None:
+            raise ValueError(f"{f}: not listed in speaker CSV {csv_path}")
+        speakers[f] = speaker
+    return speakers
+
+
+def split_files(files, by: str = "file", test_fraction: float = 0.2, speakers=None,
+                test_speakers=None, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Split files into (train, test), by file or by speaker.
+
+    Args:
+        files (list of paths): the files to split.
+        by (str, "file"): "file" holds out a seeded random ``test_fraction`` of the files;
+            "speaker" holds out whole speakers, so no test speaker is heard in training.
+        test_fraction (float, 0.2): share of files, or of speakers (at least one), held out.
+        speakers (dict path -> str, None): required for ``by="speaker"``.
+        test_speakers (list of str, None): the held-out speakers; None picks them at random
+            (seeded).
+        seed (int, 0): seed of the random choice.
+
+    Returns:
+        (train files, test files), each sorted.
+    """
+    if by not in SPLIT_BY:
+        raise ValueError(f"split by must be one of {SPLIT_BY}, got {by!r}")
+    files = sorted(Path(f) for f in files)
+    rng = random.Random(seed)
+    if by == "file":
+        shuffled = files[:]
+        rng.shuffle(shuffled)
+        n_test = max(1, round(test_fraction * len(files)))
+        test = set(shuffled[:n_test])
+    else:
+        if speakers is None:
+            raise ValueError("split by speaker needs a speaker for each file "
+                             "(speakers_from_regex or speakers_from_csv)")
+        names = sorted(set(speakers[f] for f in files))
+        if test_speakers is None:
+            rng.shuffle(names)
+            test_speakers = names[:max(1, round(test_fraction * len(names)))]
+        unknown = set(test_speakers) - set(names)
+        if unknown:
+            raise ValueError(f"test speakers {sorted(unknown)} not found; speakers are {names}")
+        test = {f for f in files if speakers[f] in set(test_speakers)}
+    train = [f for f in files if f not in test]
+    if not train or not test:
+        raise ValueError(f"split by {by} leaves an empty side: {len(train)} train, "
+                         f"{len(test)} test files")
+    return train, sorted(test)
+
+
+@dataclass
+class AudioClips(torch.utils.data.Dataset):
+    """Quantised clips held in memory; item i is clip i as tokens (L_i,) int64.
+
+    Build with ``from_files``. ``crops`` serves training batches, ``padded`` whole clips.
+    """
+    clips: list[torch.Tensor]          # each (L_i,) int32 classes
+    files: list[Path]
+    sample_rate: int
+    quantizer: Quantizer
+
+    @classmethod
+    def from_files(cls, files, sample_rate: int, quantizer: Quantizer = Quantizer(),
+                   normalize: str = "peak", progress: bool = True) -> "AudioClips":
+        """Load, mix down, resample to ``sample_rate``, normalise and quantise each file."""
+        clips = []
+        for f in tqdm(files, desc="loading audio", unit="file", disable=not progress):
+            wav, _ = load_audio(f, sample_rate=sample_rate, normalize=normalize)
+            clips.append(quantizer.encode(wav).to(torch.int32))
+        return cls(clips, [Path(f) for f in files], sample_rate, quantizer)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i) -> torch.Tensor:
+        return self.clips[i].long()
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(c) for c in self.clips)
+
+    def crops(self, step: int, seq_len: int, batch_size: int, rank: int = 0,
+              world_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+        """A training batch of random crops, a pure function of its arguments (so that a
+        resumed run sees the same batches).
+
+        Each crop has ``seq_len + 1`` tokens: inputs ``[:-1]`` and next-sample targets
+        ``[1:]``. Clips are drawn in proportion to their length; a clip shorter than a crop
+        is padded with the silence class and masked out.
+
+        Returns:
+            {"tokens": (B, seq_len + 1) int64, "mask": (B, seq_len + 1) bool (True = real)}.
+        """
+        width = seq_len + 1
+        # One stream per (seed, step, rank): ranks draw different crops, reruns the same.
+        gen = torch.Generator().manual_seed(
+            (seed * 1_000_003 + step) * max(world_size, 1) + rank)
+        lengths = torch.tensor([len(c) for c in self.clips], dtype=torch.float64)
+        picks = torch.multinomial(lengths, batch_size, replacement=True, generator=gen)
+        tokens = torch.full((batch_size, width), self.quantizer.silence, dtype=torch.long)
+        mask = torch.zeros(batch_size, width, dtype=torch.bool)
+        for b, i in enumerate(picks.tolist()):
+            clip = self.clips[i]
+            start = int(torch.randint(0, max(len(clip) - width, 0) + 1, (), generator=gen))
+            piece = clip[start:start + width]
+            tokens[b, :len(piece)] = piece.long()
+            mask[b, :len(piece)] = True
+        return {"tokens": tokens, "mask": mask}
+
+    def padded(self, indices) -> dict[str, torch.Tensor]:
+        """Whole clips ``indices`` right-padded with the silence class to the longest.
+
+        Returns:
+            {"tokens": (B, L_max) int64, "mask": (B, L_max) bool (True = real)}.
+        """
+        chosen = [self.clips[i] for i in indices]
+        width = max(len(c) for c in chosen)
+        tokens = torch.full((len(chosen), width), self.quantizer.silence, dtype=torch.long)
+        mask = torch.zeros(len(chosen), width, dtype=torch.bool)
+        for b, clip in enumerate(chosen):
+            tokens[b, :len(clip)] = clip.long()
+            mask[b, :len(clip)] = True
+        return {"tokens": tokens, "mask": mask}

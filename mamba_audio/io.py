@@ -1,0 +1,105 @@
+"""Reading and writing audio files: soundfile for the formats, torchaudio for resampling.
+
+Every file comes back as a mono float32 waveform (L,) at the asked rate. What cannot be
+read (an unsupported extension, a corrupt or empty file, a NaN or infinite sample) raises
+``AudioFileError`` naming the file, never a silent wrong answer.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+NORMALIZE = ("peak", "none")
+
+
+class AudioFileError(ValueError):
+    """An audio file that cannot be used; the message names the file and the reason."""
+
+
+def load_audio(path, sample_rate: int | None = None, normalize: str = "none"
+               ) -> tuple[torch.Tensor, int]:
+    """Read an audio file as a mono float32 waveform.
+
+    Args:
+        path (str or Path): a .wav, .flac or .ogg file, any rate, any channel count,
+            integer (16/24/32-bit) or float samples.
+        sample_rate (int or None, None): resample to this rate (torchaudio's windowed-sinc
+            resampler); None keeps the file's rate.
+        normalize (str, "none"): "peak" scales the clip so that max |x| = 1 (a silent clip
+            is left as it is); "none" keeps the file's amplitudes.
+
+    Returns:
+        (waveform (L,) float32 in about [-1, 1], rate).
+
+    Raises:
+        AudioFileError: unsupported extension, unreadable/corrupt/empty file, NaN or inf.
+
+    >>> wav, sr = load_audio("0_jackson_0.wav", sample_rate=16000)    # doctest: +SKIP
+    """
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    path = _check_path(path)
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)   # (L, channels)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioFileError(f"{path}: cannot decode audio ({err})") from err
+    if data.shape[0] == 0:
+        raise AudioFileError(f"{path}: the file holds no samples")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        frame, channel = np.argwhere(bad)[0]
+        raise AudioFileError(f"{path}: non-finite sample ({data[frame, channel]}) at frame "
+                             f"{frame}, channel {channel}")
+    wav = torch.from_numpy(data).mean(dim=1)                              # (L,)
+    if sample_rate is not None and sample_rate != rate:
+        wav = AF.resample(wav, rate, sample_rate)
+        rate = sample_rate
+    if normalize == "peak":
+        peak = wav.abs().max()
+        if peak > 0:
+            wav = wav / peak
+    return wav.contiguous(), rate
+
+
+def save_audio(path, waveform: torch.Tensor, sample_rate: int, subtype: str = "PCM_16"):
+    """Write a mono (L,) or multi-channel (channels, L) waveform in [-1, 1] as a wav file.
+
+    Samples outside [-1, 1] are clipped (a PCM file cannot hold them). The file is written
+    under a temporary name and renamed, so an interrupted write leaves no half file.
+
+    Args:
+        path (str or Path): destination; parent folders are created.
+        waveform (Tensor): (L,) or (channels, L), float.
+        sample_rate (int): rate written in the header.
+        subtype (str, "PCM_16"): soundfile subtype ("PCM_16", "PCM_24", "FLOAT", ...).
+    """
+    path = Path(path)
+    wav = waveform.detach().float().cpu()
+    if wav.dim() not in (1, 2):
+        raise ValueError(f"{path}: waveform must be (L,) or (channels, L), got {tuple(wav.shape)}")
+    if not torch.isfinite(wav).all():
+        raise ValueError(f"{path}: refusing to write a waveform with NaN or inf samples")
+    data = wav.clamp(-1.0, 1.0).numpy()
+    data = data.T if data.ndim == 2 else data                            # (L, channels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
+    os.replace(tmp, path)
+
+
+def _check_path(path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+        raise AudioFileError(f"{path}: unsupported audio format {path.suffix or '(no extension)'!r};"
+                             f" expected one of {', '.join(AUDIO_EXTENSIONS)}")
+    if not path.is_file():
+        raise AudioFileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioFileError(f"{path}: the file is empty (0 bytes)")
+    return path
