@@ -1,0 +1,252 @@
+"""Window datasets: genome windows for pretraining, species windows for classification.
+
+Dimension names: B batch, L window length (bases).
+
+Splits never share a base: regions are assigned to train/val/test by record (chromosome)
+when there are enough records, else each record is cut into disjoint position ranges; a
+window is drawn entirely inside one region. Sampling is a pure function of
+(seed, step, rank), which is what makes a resumed run see the same batches.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .fasta import Window, n_fraction
+from .tokenizers import CharTokenizer, reverse_complement
+
+SPLITS = ("train", "val", "test")
+
+
+def split_regions(source, fractions=(0.8, 0.1, 0.1), by: str = "auto",
+                  regions=None) -> dict[str, list[Window]]:
+    """Assign disjoint regions of ``source`` to train/val/test.
+
+    Args:
+        source: a ``Genome`` or ``Records`` (``names``, ``lengths``).
+        fractions (train, val, test): shares of the bases; a 0 share gives an empty split.
+        by ("auto", "record", "position"): "record" assigns whole records (the last ones to
+            test, those before to val, at least one each), "position" cuts every region
+            into consecutive ranges [0, f_train), [f_train, f_train + f_val), ...;
+            "auto" = "record" when there are more records than non-empty splits.
+        regions (list of Window, optional): split these intervals (e.g. from a BED file)
+            instead of the whole records.
+
+    Returns:
+        {"train": [...], "val": [...], "test": [...]} lists of ``Window``.
+
+    >>> split_regions(genome, (0.9, 0.1, 0.0), by="position")["val"]
+    [Window(name='chr20', start=900000, end=1000000, strand='+')]
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be 3 non-negative shares summing to 1, got {fractions}")
+    if regions is None:
+        regions = [Window(n, 0, source.lengths[n]) for n in source.names]
+    n_splits = sum(f > 0 for f in fractions)
+    if by == "auto":
+        by = "record" if len(regions) > n_splits else "position"
+    out = {s: [] for s in SPLITS}
+    if by == "record":
+        if len(regions) < n_splits:
+            raise ValueError(f"split by record needs at least {n_splits} records/regions, "
+                             f"got {len(regions)}; use by='position'")
+        n = len(regions)
+        n_test = max(1, round(fractions[2] * n)) if fractions[2] > 0 else 0
+        n_val = max(1, round(fractions[1] * n)) if fractions[1] > 0 else 0
+        n_train = n - n_val - n_test
+        if fractions[0] > 0 and n_train < 1:
+            n_val, n_train = n_val - 1, 1
+        out["train"] = list(regions[:n_train])
+        out["val"] = list(regions[n_train:n_train + n_val])
+        out["test"] = list(regions[n_train + n_val:])
+    elif by == "position":
+        bounds = np.cumsum((0.0,) + fractions)
+        for r in regions:
+            cuts = [r.start + int(round(b * (r.end - r.start))) for b in bounds]
+            for split, lo, hi in zip(SPLITS, cuts[:-1], cuts[1:]):
+                if hi > lo:
+                    out[split].append(Window(r.name, lo, hi, r.strand))
+    else:
+        raise ValueError(f"by must be 'auto', 'record' or 'position', got {by!r}")
+    return out
+
+
+class WindowSampler:
+    """Random windows of a given length from a list of regions of one source.
+
+    A region is chosen with probability proportional to the number of window starts it
+    holds, then a start uniformly; windows with more than ``max_n_frac`` non-ACGT bases
+    are redrawn (up to ``max_tries`` times).
+    """
+
+    def __init__(self, source, regions, max_n_frac: float = 0.1, max_tries: int = 100):
+        self.source, self.regions = source, list(regions)
+        self.max_n_frac, self.max_tries = max_n_frac, max_tries
+        self._where = f"{getattr(source, 'path', 'source')}"
+
+    def sample(self, rng: np.random.Generator, length: int) -> tuple[Window, str]:
+        """One window (on strand "+") and its bases."""
+        starts = np.array([r.end - r.start - length + 1 for r in self.regions])
+        if (starts <= 0).all():
+            longest = max((r.end - r.start for r in self.regions), default=0)
+            raise ValueError(f"{self._where}: no region holds a window of {length} bases "
+                             f"(longest region {longest})")
+        p = starts.clip(min=0) / starts.clip(min=0).sum()
+        for _ in range(self.max_tries):
+            r = self.regions[rng.choice(len(self.regions), p=p)]
+            start = r.start + int(rng.integers(0, r.end - r.start - length + 1))
+            seq = self.source.fetch(r.name, start, start + length)
+            if n_fraction(seq) <= self.max_n_frac:
+                return Window(r.name, start, start + length), seq
+        raise ValueError(f"{self._where}: no window of {length} bases with at most "
+                         f"{self.max_n_frac:.0%} N found in {self.max_tries} draws")
+
+
+def mlm_mask(ids: torch.Tensor, rng: np.random.Generator, tokenizer: CharTokenizer,
+             p: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking of base tokens (Devlin et al. 2019, as Caduceus): each base is chosen
+    with probability ``p``; a chosen one becomes [MASK] 80%, a random base 10%, itself 10%.
+
+    Args:
+        ids: (B, L) token ids.
+    Returns:
+        input_ids (B, L) masked, labels (B, L) = original id where chosen, else -100.
+    """
+    u = torch.from_numpy(rng.random((2,) + tuple(ids.shape)))
+    chosen = (u[0] < p) & (ids >= min(tokenizer.base_ids))
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    bases = torch.tensor(tokenizer.base_ids)
+    random_base = bases[torch.from_numpy(rng.integers(0, 4, size=tuple(ids.shape)))]
+    inputs = torch.where(chosen & (u[1] < 0.8), torch.full_like(ids, tokenizer.mask_id), ids)
+    inputs = torch.where(chosen & (u[1] >= 0.8) & (u[1] < 0.9), random_base, inputs)
+    return inputs, labels
+
+
+class GenomeWindows:
+    """Pretraining batches: random windows from regions of a genome.
+
+    Args:
+        source: ``Genome`` or ``Records``.
+        regions (list of Window): where windows are drawn (e.g. ``split_regions(...)["train"]``).
+        tokenizer (CharTokenizer, default CharTokenizer()).
+        objective ("clm" or "mlm"): "mlm" adds BERT masking and "labels".
+        rc_augment (bool, True): each window is reverse-complemented with probability 1/2.
+        max_n_frac (float, 0.1): windows with more non-ACGT bases are redrawn.
+        seed (int, 0).
+
+    ``get_batch(step, seq_len, batch_size, rank, world_size)`` returns
+    {"input_ids": (B, L) long} (+ "labels" (B, L) for mlm); it is a pure function of its
+    arguments and the seed.
+
+    >>> ds = GenomeWindows(genome, split_regions(genome)["train"])
+    >>> ds.get_batch(step=0, seq_len=1024, batch_size=8)["input_ids"].shape   # (8, 1024)
+    """
+
+    def __init__(self, source, regions, tokenizer: CharTokenizer | None = None,
+                 objective: str = "clm", rc_augment: bool = True, max_n_frac: float = 0.1,
+                 seed: int = 0):
+        if objective not in ("clm", "mlm"):
+            raise ValueError(f"objective must be 'clm' or 'mlm', got {objective!r}")
+        self.sampler = WindowSampler(source, regions, max_n_frac)
+        self.tokenizer = tokenizer or CharTokenizer()
+        self.objective, self.rc_augment, self.seed = objective, rc_augment, seed
+
+    def get_batch(self, step: int, seq_len: int, batch_size: int, rank: int = 0,
+                  world_size: int = 1) -> dict:
+        # rank (not world_size) enters the seed: each process draws its own windows.
+        rng = np.random.default_rng([self.seed, step, rank])
+        seqs = []
+        for _ in range(batch_size):
+            win, seq = self.sampler.sample(rng, seq_len)
+            if self.rc_augment and rng.random() < 0.5:
+                seq = reverse_complement(seq)
+            seqs.append(self.tokenizer.encode(seq, source=f"{win.name}:{win.start}"))
+        ids = torch.stack(seqs)                                           # (B, L)
+        if self.objective == "mlm":
+            inputs, labels = mlm_mask(ids, rng, self.tokenizer)
+            return {"input_ids": inputs, "labels": labels}
+        return {"input_ids": ids}
+
+
+class SpeciesWindows:
+    """Species classification windows, Great-Apes style (Mamba paper, section 4.3.4):
+    pick a species uniformly, then a region of it in proportion to its size, then a
+    window uniformly inside it; train/val/test regions are disjoint.
+
+    Args:
+        species (dict name -> list of sources): one or more ``Genome``/``Records`` each.
+        fractions (train, val, test, default 0.8/0.1/0.1), by ("auto"/"record"/"position"):
+            passed to ``split_regions`` per source; "auto" splits by record when a species
+            has enough records, else by disjoint position ranges.
+        tokenizer (CharTokenizer), max_n_frac (float, 0.1), seed (int, 0).
+        rc_augment (bool, True): reverse-complement half of the training windows.
+
+    >>> ds = SpeciesWindows({"human": [Genome("human.fa")], "mouse": [Genome("mouse.fa")]})
+    >>> batch = ds.get_batch(0, seq_len=1024, batch_size=16)   # input_ids (16, 1024), labels (16,)
+    >>> seqs, labels = ds.fixed_windows("test", seq_len=1024, per_class=50)
+    """
+
+    def __init__(self, species: dict, fractions=(0.8, 0.1, 0.1), by: str = "auto",
+                 tokenizer: CharTokenizer | None = None, max_n_frac: float = 0.1,
+                 rc_augment: bool = True, seed: int = 0):
+        if len(species) < 2:
+            raise ValueError(f"species classification needs at least 2 species, "
+                             f"got {len(species)}")
+        self.classes = list(species)
+        self.tokenizer = tokenizer or CharTokenizer()
+        self.rc_augment, self.seed = rc_augment, seed
+        self.samplers = {s: [] for s in SPLITS}     # split -> per class: list of samplers
+        for name, sources in species.items():
+            per_split = {s: [] for s in SPLITS}
+            for src in sources:
+                # "auto" by record needs several records in one file; a species given as
+                # several one-record files is split across its files' positions.
+                for split, regions in split_regions(src, fractions, by).items():
+                    if regions:
+                        per_split[split].append(WindowSampler(src, regions, max_n_frac))
+            for split in SPLITS:
+                self.samplers[split].append(per_split[split])
+
+    def regions(self, split: str) -> list[list[tuple[str, Window]]]:
+        """Per class: (source path, region) of ``split`` (for checks and reports)."""
+        return [[(str(getattr(s.source, "path", "")), r) for s in samplers for r in s.regions]
+                for samplers in self.samplers[split]]
+
+    def _draw(self, rng, split, label, seq_len):
+        samplers = self.samplers[split][label]
+        if not samplers:
+            raise ValueError(f"species {self.classes[label]!r} has no {split} region")
+        sizes = np.array([sum(r.end - r.start for r in s.regions) for s in samplers], float)
+        sampler = samplers[rng.choice(len(samplers), p=sizes / sizes.sum())]
+        return sampler.sample(rng, seq_len)
+
+    def get_batch(self, step: int, seq_len: int, batch_size: int, rank: int = 0,
+                  world_size: int = 1, split: str = "train") -> dict:
+        """{"input_ids": (B, L) long, "labels": (B,) long}; RC augmentation on train."""
+        rng = np.random.default_rng([self.seed, step, rank])
+        labels = rng.integers(0, len(self.classes), size=batch_size)
+        seqs = []
+        for label in labels:
+            win, seq = self._draw(rng, split, int(label), seq_len)
+            if split == "train" and self.rc_augment and rng.random() < 0.5:
+                seq = reverse_complement(seq)
+            seqs.append(seq)
+        ids = torch.stack([self.tokenizer.encode(s) for s in seqs])          # (B, L)
+        return {"input_ids": ids, "labels": torch.from_numpy(labels).long()}
+
+    def fixed_windows(self, split: str, seq_len: int, per_class: int
+                      ) -> tuple[list[str], np.ndarray]:
+        """A fixed evaluation set: ``per_class`` windows of every class from ``split``
+        (seeded by the dataset seed and the split, so identical across calls and models).
+
+        Returns:
+            sequences (list of str, strand "+"), labels (n,) int64.
+        """
+        rng = np.random.default_rng([self.seed, 1 + SPLITS.index(split), 10_007])
+        seqs, labels = [], []
+        for label in range(len(self.classes)):
+            for _ in range(per_class):
+                seqs.append(self._draw(rng, split, label, seq_len)[1])
+                labels.append(label)
+        return seqs, np.array(labels, dtype=np.int64)

@@ -1,0 +1,126 @@
+"""Genomics metrics and baselines: classification report (scikit-learn), confusion-matrix
+plot, k-mer + logistic-regression species baseline, order-k Markov perplexity baseline,
+and the conversions between NLL, perplexity and bits per base."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .tokenizers import CharTokenizer, KmerTokenizer, reverse_complement
+
+
+def lm_metrics(total_nll: float, tokens: int) -> dict:
+    """Summed NLL in nats over ``tokens`` predicted bases -> {"perplexity", "bits_per_base",
+    "tokens"} (perplexity = exp(mean NLL), bits = mean NLL / ln 2)."""
+    if tokens <= 0:
+        raise ValueError("no tokens were scored")
+    mean = total_nll / tokens
+    return {"perplexity": math.exp(mean), "bits_per_base": mean / math.log(2),
+            "tokens": int(tokens)}
+
+
+def classification_report(y_true, y_pred, classes: list[str]) -> dict:
+    """{"accuracy", "per_class_f1" (name -> F1), "confusion_matrix" (rows true, columns
+    predicted, as nested lists), "classes"} from integer labels in [0, len(classes))."""
+    labels = list(range(len(classes)))
+    f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return {"accuracy": float(accuracy_score(y_true, y_pred)),
+            "per_class_f1": {c: float(v) for c, v in zip(classes, f1)},
+            "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+            "classes": list(classes)}
+
+
+def plot_confusion(cm, classes: list[str], path, title: str = "") -> None:
+    """Save a confusion matrix (n, n), rows true and columns predicted, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(classes), 0.8 + 0.6 * len(classes)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i, j in np.ndindex(cm.shape):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def kmer_features(seqs: list[str], k: int) -> np.ndarray:
+    """(n, 4^k) k-mer frequencies of each sequence, both strands counted (so that the
+    features do not depend on which strand a window was read from)."""
+    tok = KmerTokenizer(k, stride=1)
+    rows = []
+    for s in seqs:
+        c = tok.counts(s) + tok.counts(reverse_complement(s))
+        rows.append(c / max(c.sum(), 1.0))
+    return np.stack(rows)
+
+
+def kmer_baseline(train_seqs, train_labels, test_seqs, k: int = 4, C: float = 1.0,
+                  seed: int = 0) -> np.ndarray:
+    """k-mer frequency + logistic regression classifier (standardised features).
+
+    Returns:
+        predicted labels (n_test,) for ``test_seqs``.
+    """
+    clf = make_pipeline(StandardScaler(),
+                        LogisticRegression(C=C, max_iter=2000, random_state=seed))
+    clf.fit(kmer_features(train_seqs, k), np.asarray(train_labels))
+    return clf.predict(kmer_features(test_seqs, k))
+
+
+def markov_nll(train: str, test: str, order: int, alpha: float = 1.0) -> tuple[float, int]:
+    """Summed NLL (nats) of the ACGT bases of ``test`` under an order-``order`` Markov
+    model fit on ``train`` with add-``alpha`` smoothing; positions whose context or base
+    holds N are skipped. Returns (nll, scored bases)."""
+    tok = CharTokenizer()
+
+    def contexts(seq):
+        b = tok.encode_numpy(seq).astype(np.int64) - 4            # A0 C1 G2 T3 N4
+        n = len(b) - order
+        if n <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        cols = np.stack([b[i:i + n] for i in range(order + 1)], 1)   # (n, order + 1)
+        keep = (cols < 4).all(1)
+        cols = cols[keep]
+        ctx = (cols[:, :order] * 4 ** np.arange(order - 1, -1, -1)).sum(1)
+        return ctx, cols[:, order]
+
+    # Sparse counts (only contexts seen in train): order 12 would need 4^13 dense cells.
+    ctx, nxt = contexts(train)
+    pair_keys, pair_counts = np.unique(ctx * 4 + nxt, return_counts=True)
+    ctx_keys, ctx_counts = np.unique(ctx, return_counts=True)
+    ctx, nxt = contexts(test)
+    return float(-(np.log(_lookup(pair_keys, pair_counts, ctx * 4 + nxt) + alpha)
+                   - np.log(_lookup(ctx_keys, ctx_counts, ctx) + 4 * alpha)).sum()), int(len(nxt))
+
+
+def _lookup(keys: np.ndarray, counts: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """counts[keys == q] for each q (0 where absent); ``keys`` sorted."""
+    idx = np.searchsorted(keys, query).clip(max=max(len(keys) - 1, 0))
+    hit = keys[idx] == query if len(keys) else np.zeros(len(query), bool)
+    return np.where(hit, counts[idx] if len(keys) else 0, 0).astype(np.float64)
+
+
+def best_markov_perplexity(train: str, test: str, max_order: int = 12) -> dict:
+    """The best order-k Markov model (k = 0..max_order) on ``test``: {"order", "perplexity",
+    "bits_per_base", "tokens"} (an oracle choice of k: a baseline to beat, not a model)."""
+    best = None
+    for order in range(max_order + 1):
+        nll, n = markov_nll(train, test, order)
+        m = lm_metrics(nll, n)
+        if best is None or m["perplexity"] < best["perplexity"]:
+            best = {"order": order, **m}
+    return best
