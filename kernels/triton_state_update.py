@@ -1,0 +1,139 @@
+"""One recurrent step of the selective SSM as a Triton kernel, for generation.
+
+Dimension names: B batch, E d_inner, N d_state, G groups of B/C.
+
+The step reads and writes the (B, E, N) state once and touches nothing that grows with
+the number of tokens already generated, so its time is the same at token 10 and at
+token 1,000,000. The executable specification is
+``core.state_update.selective_state_update_ref``.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_scan import check_triton_device
+
+MAX_BLOCK_E = 16
+NUM_WARPS = 4
+
+
+@triton.jit
+def _state_update_kernel(
+    # pointers
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, y_ptr,
+    # sizes
+    d_inner, d_state, channels_per_group,
+    # strides
+    stride_state_batch, stride_state_e, stride_state_n,
+    stride_x_batch, stride_x_e,
+    stride_dt_batch, stride_dt_e,
+    stride_A_e, stride_A_n,
+    stride_B_batch, stride_B_group, stride_B_n,
+    stride_C_batch, stride_C_group, stride_C_n,
+    stride_z_batch, stride_z_e,
+    stride_y_batch, stride_y_e,
+    # meta-parameters
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Program (batch b, channel block): state <- exp(dt A) state + dt x B; y = C.state (+ D x)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_e = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_e = offs_e < d_inner
+    mask_en = mask_e[:, None] & (offs_n[None, :] < d_state)
+    group = offs_e // channels_per_group                   # channels of a block may span groups
+
+    state_ptrs = (state_ptr + pid_b * stride_state_batch + offs_e[:, None] * stride_state_e
+                  + offs_n[None, :] * stride_state_n)
+    state = tl.load(state_ptrs, mask=mask_en, other=0.0).to(tl.float32)   # (BLOCK_E, BLOCK_N)
+    x = tl.load(x_ptr + pid_b * stride_x_batch + offs_e * stride_x_e, mask=mask_e,
+                other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * stride_dt_batch + offs_e * stride_dt_e, mask=mask_e,
+                 other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    if DT_SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    A = tl.load(A_ptr + offs_e[:, None] * stride_A_e + offs_n[None, :] * stride_A_n,
+                mask=mask_en, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + pid_b * stride_B_batch + group[:, None] * stride_B_group
+                 + offs_n[None, :] * stride_B_n, mask=mask_en, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + pid_b * stride_C_batch + group[:, None] * stride_C_group
+                 + offs_n[None, :] * stride_C_n, mask=mask_en, other=0.0).to(tl.float32)
+
+    state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * Bv
+    tl.store(state_ptrs, state, mask=mask_en)
+    y = tl.sum(state * Cv, axis=1)                          # (BLOCK_E,)
+    if HAS_D:
+        y += x * tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * stride_z_batch + offs_e * stride_z_e, mask=mask_e,
+                    other=0.0).to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(y_ptr + pid_b * stride_y_batch + offs_e * stride_y_e, y, mask=mask_e)
+
+
+def _check_args(state, x, dt, A, B, C, D, z, dt_bias):
+    """Raise ValueError naming the argument whose shape is wrong; returns (batch, E, N, G)."""
+    if state.dim() != 3:
+        raise ValueError(f"selective_state_update: state must be (batch, d_inner, d_state), "
+                         f"got {tuple(state.shape)}")
+    batch, d_inner, d_state = state.shape
+    expected = {"x": (batch, d_inner), "dt": (batch, d_inner), "z": (batch, d_inner),
+                "A": (d_inner, d_state), "D": (d_inner,), "dt_bias": (d_inner,)}
+    given = {"x": x, "dt": dt, "z": z, "A": A, "D": D, "dt_bias": dt_bias}
+    for name, shape in expected.items():
+        if given[name] is not None and tuple(given[name].shape) != shape:
+            raise ValueError(f"selective_state_update: {name} must have shape {shape}, "
+                             f"got {tuple(given[name].shape)}")
+    if B.shape != C.shape:
+        raise ValueError(f"selective_state_update: B and C must have the same shape, "
+                         f"got {tuple(B.shape)} and {tuple(C.shape)}")
+    groups = B.shape[1] if B.dim() == 3 else 1
+    if B.shape != ((batch, groups, d_state) if B.dim() == 3 else (batch, d_state)):
+        raise ValueError(f"selective_state_update: B, C must be (batch={batch}, "
+                         f"d_state={d_state}) or (batch, groups, d_state), got {tuple(B.shape)}")
+    if d_inner % groups:
+        raise ValueError(f"selective_state_update: {groups} groups do not divide d_inner={d_inner}")
+    if not state.is_floating_point():
+        raise ValueError(f"selective_state_update: state must be floating point, got {state.dtype}")
+    return batch, d_inner, d_state, groups
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=False):
+    """One step of the selective scan, in place on ``state``; the Triton kernel.
+
+    Args:
+        state: (B, E, N) state (fp32 advised), overwritten with the new state.
+        x, dt: (B, E) input and step size. z: (B, E) gate, optional.
+        A: (E, N). B, C: (B, N) or grouped (B, G, N), G dividing E.
+        D, dt_bias: (E,), optional. dt_softplus (bool, False): softplus(dt + dt_bias).
+
+    Returns:
+        y: (B, E) in x's dtype, computed in fp32.
+
+    >>> state = torch.zeros(batch, d_inner, d_state, device="cuda")
+    >>> y_t = selective_state_update(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_softplus=True)
+    """
+    batch, d_inner, d_state, groups = _check_args(state, x, dt, A, B, C, D, z, dt_bias)
+    check_triton_device(state, "selective_state_update")
+    if B.dim() == 2:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)                # (B, 1, N)
+    y = x.new_empty(batch, d_inner)
+    block_e = min(MAX_BLOCK_E, triton.next_power_of_2(d_inner))
+    z_strides = z.stride() if z is not None else (0, 0)
+    grid = (batch, triton.cdiv(d_inner, block_e))
+    _state_update_kernel[grid](
+        state, x, dt, A, B, C, D, z, dt_bias, y,
+        d_inner, d_state, d_inner // groups,
+        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(),
+        *z_strides, *y.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
+        DT_SOFTPLUS=dt_softplus, BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(d_state),
+        num_warps=NUM_WARPS,
+    )
+    return y
