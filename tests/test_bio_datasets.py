@@ -1,0 +1,88 @@
+"""Window datasets: disjoint splits, determinism in (step, rank), MLM masking, species sampling."""
+import numpy as np
+import pytest
+import torch
+
+from mamba_bio.datasets import GenomeWindows, SpeciesWindows, mlm_mask, split_regions
+from mamba_bio.fasta import Records, Window
+from mamba_bio.simulate import simulate_genomes, write_fasta, write_species_fastas
+from mamba_bio.tokenizers import CharTokenizer
+
+
+@pytest.fixture(scope="module")
+def species_files(tmp_path_factory):
+    genomes = simulate_genomes(length=3000, n_chromosomes=1, seed=3)
+    return write_species_fastas(tmp_path_factory.mktemp("sim"), genomes)
+
+
+def covered(regions):
+    """Set of (record, position) covered by a list of (path, Window)."""
+    return {(path, w.name, i) for path, w in regions for i in range(w.start, w.end)}
+
+
+def test_split_by_position_is_disjoint_and_complete(species_files):
+    src = Records(species_files["cow"])
+    splits = split_regions(src, (0.8, 0.1, 0.1), by="auto")      # one record -> positions
+    assert splits["train"] == [Window("chr1", 0, 2400)]
+    assert splits["val"] == [Window("chr1", 2400, 2700)] and splits["test"][0].end == 3000
+
+
+def test_split_by_record(tmp_path):
+    path = write_fasta(tmp_path / "g.fa", {f"chr{i}": "ACGT" * 10 for i in range(10)})
+    splits = split_regions(Records(path), (0.8, 0.1, 0.1))
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 1, 1]
+    assert splits["test"][0].name == "chr9"
+    with pytest.raises(ValueError, match="summing to 1"):
+        split_regions(Records(path), (0.8, 0.1, 0.2))
+
+
+def test_species_windows_never_cross_splits(species_files):
+    ds = SpeciesWindows({k: [Records(v)] for k, v in species_files.items()}, seed=1)
+    for label in range(len(ds.classes)):
+        train, test = covered(ds.regions("train")[label]), covered(ds.regions("test")[label])
+        val = covered(ds.regions("val")[label])
+        assert train and test and not (train & test) and not (train & val) and not (val & test)
+    seqs, labels = ds.fixed_windows("test", seq_len=200, per_class=5)
+    train_text = {k: Records(v).fetch("chr1", 0, 2400) for k, v in species_files.items()}
+    for s, y in zip(seqs, labels):
+        assert len(s) == 200 and s not in train_text[ds.classes[y]]
+    again, _ = ds.fixed_windows("test", seq_len=200, per_class=5)
+    assert again == seqs
+    with pytest.raises(ValueError, match="no region holds a window of 1000 bases"):
+        ds.fixed_windows("test", seq_len=1000, per_class=1)
+
+
+def test_batches_are_a_function_of_step_and_rank(species_files):
+    ds = SpeciesWindows({k: [Records(v)] for k, v in species_files.items()}, seed=0)
+    a = ds.get_batch(7, 64, 8, rank=0, world_size=2)
+    b = ds.get_batch(7, 64, 8, rank=0, world_size=2)
+    c = ds.get_batch(7, 64, 8, rank=1, world_size=2)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    assert not torch.equal(a["input_ids"], c["input_ids"])
+    assert a["input_ids"].shape == (8, 64) and a["labels"].shape == (8,)
+
+
+def test_genome_windows_skip_n_and_rc_augment(tmp_path):
+    seq = "N" * 500 + "ACGGT" * 100 + "N" * 500                   # only 500 usable bases
+    src = Records(write_fasta(tmp_path / "n.fa", {"chr1": seq}))
+    ds = GenomeWindows(src, [Window("chr1", 0, len(seq))], max_n_frac=0.0, seed=0)
+    ids = ds.get_batch(0, 100, 16)["input_ids"]
+    tok = CharTokenizer()
+    text = [tok.decode(r) for r in ids]
+    assert all("N" not in t for t in text)
+    forward = [t for t in text if t in seq]
+    assert 0 < len(forward) < 16                                   # both strands seen
+    with pytest.raises(ValueError, match="no window of 600 bases with at most 0% N"):
+        ds.get_batch(0, 600, 1)
+
+
+def test_mlm_mask_rates_and_labels():
+    tok = CharTokenizer()
+    ids = torch.full((64, 512), tok.base_ids[0])
+    inputs, labels = mlm_mask(ids, np.random.default_rng(0), tok)
+    chosen = labels != -100
+    assert abs(chosen.float().mean().item() - 0.15) < 0.01
+    assert (labels[chosen] == ids[chosen]).all()
+    masked = (inputs == tok.mask_id).float().sum() / chosen.sum()
+    assert abs(masked.item() - 0.8) < 0.03
+    assert (inputs[~chosen] == ids[~chosen]).all()

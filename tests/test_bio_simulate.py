@@ -1,0 +1,55 @@
+"""Simulator: rate matrices, substitution amount, the tree's closest pair, indels."""
+import itertools
+
+import numpy as np
+import pytest
+
+from mamba_bio.fasta import Genome
+from mamba_bio.simulate import (gtr_rate_matrix, hky_rate_matrix, main, simulate_genomes,
+                                transition_matrix)
+
+PI = (0.3, 0.2, 0.2, 0.3)
+
+
+@pytest.mark.parametrize("q", [hky_rate_matrix(PI, 3.0),
+                               gtr_rate_matrix(PI, (1.0, 2.0, 0.5, 1.5, 3.0, 1.0))])
+def test_rate_matrix_properties(q):
+    pi = np.array(PI)
+    assert np.allclose(q.sum(1), 0)
+    assert np.isclose(-(pi * np.diag(q)).sum(), 1.0)               # one substitution / unit
+    assert np.allclose(pi[:, None] * q, (pi[:, None] * q).T)        # time-reversible
+    p = transition_matrix(q, 0.3)
+    assert np.allclose(p.sum(1), 1) and np.allclose(pi @ p, pi)     # pi is stationary
+
+
+def p_distance(a, b):
+    return float(np.mean(np.frombuffer(a.encode(), np.uint8) != np.frombuffer(b.encode(), np.uint8)))
+
+
+def test_closest_pair_and_expected_divergence():
+    tree = "((a:0.02,b:0.03):0.1,(c:0.05,d:0.2):0.1);"
+    g = simulate_genomes(tree, length=20_000, pi=PI, seed=5)
+    d = {pair: p_distance(g[pair[0]][0], g[pair[1]][0])
+         for pair in itertools.combinations(sorted(g), 2)}
+    assert min(d, key=d.get) == ("a", "b")
+    # Expected p-distance of two leaves t apart: 1 - sum_i pi_i P_ii(t).
+    expected = 1 - (np.array(PI) * np.diag(transition_matrix(hky_rate_matrix(PI), 0.05))).sum()
+    assert abs(d[("a", "b")] - expected) < 0.006
+    assert g == simulate_genomes(tree, length=20_000, pi=PI, seed=5)   # seeded
+
+
+def test_indels_change_lengths_and_errors():
+    g = simulate_genomes("(a:0.5,b:0.5);", length=2000, indel_rate=0.05, seed=0)
+    assert len(g["a"][0]) != 2000 or len(g["b"][0]) != 2000
+    with pytest.raises(ValueError, match="model must be"):
+        simulate_genomes(model="jc")
+    with pytest.raises(ValueError, match="unique name"):
+        simulate_genomes("(a:0.1,a:0.1);")
+
+
+def test_command_line_writes_indexable_fastas(tmp_path, capsys):
+    main(["--out", str(tmp_path), "--tree", "(x:0.1,y:0.1);", "--length", "500",
+          "--chromosomes", "2"])
+    g = Genome(tmp_path / "x.fa", cache_dir=tmp_path / "cache")
+    assert g.lengths == {"chr1": 500, "chr2": 500}
+    assert "y\t" in capsys.readouterr().out
