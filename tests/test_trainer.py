@@ -7,6 +7,7 @@ and that test_distributed.py starts under torchrun:
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -167,7 +168,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
     root = tmp_path / "checkpoints"
     with pytest.raises(KeyboardInterrupt):
         ckpt.write_checkpoint(root, ckpt.step_dir_name(5), Dying(), {"step": 5}, {}, {})
-    assert [p.name for p in root.iterdir()] == [f".tmp-step_0000005-{__import__('os').getpid()}"]
+    assert [p.name for p in root.iterdir()] == [f".tmp-step_0000005-{os.getpid()}"]
     assert ckpt.latest_checkpoint(root) is None
     ckpt.clean_stale(root)
     assert list(root.iterdir()) == []
@@ -189,10 +190,8 @@ def main(argv=None):
     train(model, loss_fn,
           lambda i, s, b, r, w: get_batch(i, s, b, r, w, delay=args.delay), cfg,
           eval_fn=make_eval_fn())
-    if args.dump_weights:
-        import torch.distributed as dist
-        rank = dist.get_rank() if dist.is_initialized() else int(__import__("os").environ.get("RANK", 0))
-        torch.save(model.state_dict(), f"{args.dump_weights}.rank{rank}")
+    if args.dump_weights:  # RANK is set by torchrun
+        torch.save(model.state_dict(), f"{args.dump_weights}.rank{os.environ.get('RANK', '0')}")
 
 
 if __name__ == "__main__":
