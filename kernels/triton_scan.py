@@ -92,7 +92,6 @@ def _scan_fwd_kernel(
 
     u_base = u_ptr + pid_b * stride_u_batch + offs_e[:, None] * stride_u_e
     delta_base = delta_ptr + pid_b * stride_delta_batch + offs_e[:, None] * stride_delta_e
-    z_base = z_ptr + pid_b * stride_z_batch + offs_e[:, None] * stride_z_e
     y_base = y_ptr + pid_b * stride_y_batch + offs_e[:, None] * stride_y_e
     B_base = B_ptr + pid_b * stride_B_batch + group * stride_B_group + offs_n[:, None] * stride_B_n
     C_base = C_ptr + pid_b * stride_C_batch + group * stride_C_group + offs_n[:, None] * stride_C_n
@@ -125,7 +124,8 @@ def _scan_fwd_kernel(
         if HAS_D:
             out += D[:, None] * u
         if HAS_Z:
-            zt = tl.load(z_base + t[None, :] * stride_z_l, mask=et_mask, other=0.0).to(tl.float32)
+            zt = tl.load(z_ptr + pid_b * stride_z_batch + offs_e[:, None] * stride_z_e
+                         + t[None, :] * stride_z_l, mask=et_mask, other=0.0).to(tl.float32)
             out *= zt * tl.sigmoid(zt)
         tl.store(y_base + t[None, :] * stride_y_l, out, mask=et_mask)
         h = tl.sum(tl.where(offs_t[None, None, :] == CHUNK - 1, hs, 0.0), axis=2)
@@ -184,7 +184,6 @@ def _scan_bwd_kernel(
 
     u_base = u_ptr + pid_b * stride_u_batch + offs_e[:, None] * stride_u_e
     delta_base = delta_ptr + pid_b * stride_delta_batch + offs_e[:, None] * stride_delta_e
-    z_base = z_ptr + pid_b * stride_z_batch + offs_e[:, None] * stride_z_e
     dy_base = dy_ptr + pid_b * stride_dy_batch + offs_e[:, None] * stride_dy_e
     dx_offset = pid_b * stride_dx_batch + offs_e[:, None] * stride_dx_e
     B_base = B_ptr + pid_b * stride_B_batch + group * stride_B_group + offs_n[:, None] * stride_B_n
@@ -239,7 +238,8 @@ def _scan_bwd_kernel(
         # Output side: y = (C.h + D u) * silu(z).
         gy = tl.load(dy_base + t[None, :] * stride_dy_l, mask=et_mask, other=0.0).to(tl.float32)
         if HAS_Z:
-            zt = tl.load(z_base + t[None, :] * stride_z_l, mask=et_mask, other=0.0).to(tl.float32)
+            zt = tl.load(z_ptr + pid_b * stride_z_batch + offs_e[:, None] * stride_z_e
+                         + t[None, :] * stride_z_l, mask=et_mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zt)
             pre = tl.sum(hs * Ct[None, :, :], axis=1)
             if HAS_D:
