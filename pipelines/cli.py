@@ -8,8 +8,8 @@ A subcommand is a module ``pipelines/cmd_<name with _>.py`` that exposes
     def add_arguments(parser): ...       # argparse options of the subcommand
     def run(args) -> int | None: ...     # does the work; None means exit code 0
 
-Modules are imported only when their subcommand runs (or when the top-level help lists
-them), so a missing or broken module breaks its own subcommand and nothing else.
+Modules are imported only when their subcommand runs (the top-level help reads ``HELP``
+from the source), so a missing or broken module breaks its own subcommand and nothing else.
 
 ``--config FILE`` (YAML or JSON mapping of option dest names, ``batch_size`` or
 ``batch-size``) supplies any option; the command line overrides it. The resolved options
@@ -19,7 +19,9 @@ Errors are one line on stderr and a non-zero exit code; ``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -218,6 +220,19 @@ def prepare_out_dir(out, config: dict) -> None:
         raise ValueError(f"output directory {out} is not writable: {e.strerror or e}") from e
 
 
+def _summary(name: str) -> str:
+    """The ``HELP`` line of a subcommand, read from its source without importing it (fast,
+    and a module that fails to import still lists)."""
+    spec = importlib.util.find_spec(COMMANDS[name])
+    if spec is None or not spec.origin:
+        return "(unavailable: not written yet)"
+    for node in ast.parse(Path(spec.origin).read_text()).body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                and any(isinstance(t, ast.Name) and t.id == "HELP" for t in node.targets)):
+            return str(node.value.value)
+    return "(no HELP line)"
+
+
 def _top_help() -> str:
     lines = [f"usage: {PROG} SUBCOMMAND [--config FILE] [--debug] [options]",
              "",
@@ -225,12 +240,7 @@ def _top_help() -> str:
              f"'{PROG} SUBCOMMAND --help' explains a subcommand's options.",
              "",
              "subcommands:"]
-    for name in COMMANDS:
-        try:
-            summary = load_command(name).HELP
-        except CommandUnavailable as e:
-            summary = f"(unavailable: {e.reason})"
-        lines.append(f"  {name:<18}{summary}")
+    lines += [f"  {name:<18}{_summary(name)}" for name in COMMANDS]
     return "\n".join(lines)
 
 
