@@ -264,12 +264,13 @@ def _scan_bwd_kernel(
                       tl.sum(gy[:, None, :] * hs, axis=0), mask=nt_mask)
         tl.atomic_add(dB_ptr + dbc_offset + t[None, :] * stride_dbc_l,
                       tl.sum(g * dtu[:, None, :], axis=0), mask=nt_mask)
-        du = tl.sum(g * Bt[None, :, :], axis=1) * dt            # (BLOCK_E, CHUNK)
+        gB = tl.sum(g * Bt[None, :, :], axis=1)                 # (BLOCK_E, CHUNK)
+        du = gB * dt
         if HAS_D:
             du += gy * D[:, None]
             dD_acc += tl.sum(gy * u, axis=1)
         gdp = g * decayed_prev
-        ddt = tl.sum(gdp * A[:, :, None], axis=1) + tl.sum(g * Bt[None, :, :], axis=1) * u
+        ddt = tl.sum(gdp * A[:, :, None], axis=1) + gB * u
         dA_acc += tl.sum(gdp * dt[:, None, :], axis=2)
         if DELTA_SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
