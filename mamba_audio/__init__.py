@@ -1,5 +1,6 @@
 """Audio on Mamba: mu-law quantisation, wav/flac/ogg I/O, speech folders split by speaker,
-speech-like demo audio, and NLL in bits per sample.
+speech-like demo audio, the SaShiMi-Mamba autoregressive model, its sampler, and NLL in
+bits per sample.
 
 Dimension names: B batch, L length (samples), C classes (2**bits, 256 by default).
 """
@@ -7,7 +8,9 @@ from .datasets import (FSDD_SPEAKER_REGEX, AudioClips, find_audio_files, speaker
                        speakers_from_regex, split_files)
 from .io import AudioFileError, load_audio, save_audio
 from .metrics import markov_bits_per_sample, nll_bits
+from .model import PRESETS, AudioLM, AudioLMConfig, stream_nll_bits
 from .quantize import Quantizer, linear_decode, linear_encode, mu_law_decode, mu_law_encode
+from .sampler import GenerationResult, generate, save_clips
 from .synth import Voice, speech_like, write_demo_corpus
 
 __all__ = [
@@ -16,5 +19,6 @@ __all__ = [
     "find_audio_files", "speakers_from_regex", "speakers_from_csv", "split_files",
     "FSDD_SPEAKER_REGEX", "AudioClips",
     "speech_like", "Voice", "write_demo_corpus",
-    "nll_bits", "markov_bits_per_sample",
+    "AudioLM", "AudioLMConfig", "PRESETS", "generate", "GenerationResult", "save_clips",
+    "nll_bits", "stream_nll_bits", "markov_bits_per_sample",
 ]

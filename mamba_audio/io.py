@@ -67,7 +67,8 @@ def load_audio(path, sample_rate: int | None = None, normalize: str = "none"
     return wav.contiguous(), rate
 
 
-def save_audio(path, waveform: torch.Tensor, sample_rate: int, subtype: str = "PCM_16"):
+def save_audio(path, waveform: torch.Tensor, sample_rate: int, subtype: str = "PCM_16"
+               ) -> Path:
     """Write a mono (L,) or multi-channel (channels, L) waveform in [-1, 1] as a wav file.
 
     Samples outside [-1, 1] are clipped (a PCM file cannot hold them). The file is written
@@ -78,6 +79,9 @@ def save_audio(path, waveform: torch.Tensor, sample_rate: int, subtype: str = "P
         waveform (Tensor): (L,) or (channels, L), float.
         sample_rate (int): rate written in the header.
         subtype (str, "PCM_16"): soundfile subtype ("PCM_16", "PCM_24", "FLOAT", ...).
+
+    Returns:
+        The path written.
     """
     path = Path(path)
     wav = waveform.detach().float().cpu()
@@ -91,6 +95,7 @@ def save_audio(path, waveform: torch.Tensor, sample_rate: int, subtype: str = "P
     tmp = path.with_name(f".{path.name}.tmp")
     sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
     os.replace(tmp, path)
+    return path
 
 
 def _check_path(path) -> Path:
