@@ -8,14 +8,25 @@ from .datasets import GenomeWindows, SpeciesWindows, WindowSampler, mlm_mask, sp
 from .fasta import Genome, Records, Window, iter_windows, n_fraction, open_sequences
 from .metrics import (best_markov_perplexity, classification_report, kmer_baseline,
                       kmer_features, lm_metrics, markov_nll, plot_confusion)
-from .simulate import simulate_genomes, write_fasta, write_species_fastas
 from .tokenizers import CharTokenizer, KmerTokenizer, reverse_complement, reverse_complement_ids
 
 __all__ = [
     "CharTokenizer", "KmerTokenizer", "reverse_complement", "reverse_complement_ids",
     "Genome", "Records", "Window", "open_sequences", "iter_windows", "n_fraction", "read_bed",
     "split_regions", "WindowSampler", "GenomeWindows", "SpeciesWindows", "mlm_mask",
-    "simulate_genomes", "write_fasta", "write_species_fastas",
+    "simulate_genomes", "write_fasta", "write_species_fastas", "MaskedLM",
     "lm_metrics", "classification_report", "plot_confusion", "kmer_features", "kmer_baseline",
     "markov_nll", "best_markov_perplexity",
 ]
+
+_LAZY = {"simulate_genomes": "simulate", "write_fasta": "simulate",
+         "write_species_fastas": "simulate", "MaskedLM": "heads"}
+
+
+def __getattr__(name):
+    # Imported on first use: ``python -m mamba_bio.simulate`` must not find its module
+    # already imported by the package, and the model heads pull in ``core``.
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.pipeline import make_pipeline
@@ -124,3 +126,29 @@ def best_markov_perplexity(train: str, test: str, max_order: int = 12) -> dict:
         if best is None or m["perplexity"] < best["perplexity"]:
             best = {"order": order, **m}
     return best
+
+
+@torch.no_grad()
+def lm_nll(model, ids: torch.Tensor, chunk_len: int = 2 ** 14,
+           score_ids: tuple[int, ...] = CharTokenizer.base_ids) -> tuple[float, int]:
+    """Summed next-token NLL (nats) of one sequence under a causal ``core.MambaLM``.
+
+    ``ids`` (L,) starts with [BOS]; token t+1 is scored from tokens <= t, in chunks of
+    ``chunk_len`` that pass the recurrent state (exactly one whole pass, in bounded
+    memory). Only targets in ``score_ids`` (the ids of A C G T by default) count: an N is not a base
+    the model can be right or wrong about.
+
+    Returns:
+        (nll, number of scored targets)
+    """
+    state, total, count = None, 0.0, 0
+    scored = torch.tensor(score_ids, device=ids.device)
+    for start in range(0, len(ids) - 1, chunk_len):
+        inputs = ids[start:start + chunk_len]                              # (chunk,)
+        targets = ids[start + 1:start + 1 + chunk_len]                     # (chunk,)
+        logits, state = model(inputs[None, :len(targets)], state=state, return_state=True)
+        keep = torch.isin(targets, scored)
+        nll = F.cross_entropy(logits[0].float(), targets, reduction="none")
+        total += float(nll[keep].sum())
+        count += int(keep.sum())
+    return total, count

@@ -11,11 +11,14 @@ character is an error that names the character, its position and the source.
 """
 from __future__ import annotations
 
+import json
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 import torch
 
+TOKENIZER_FILE = "tokenizer.json"
 SPECIALS = ("[PAD]", "[MASK]", "[BOS]", "[EOS]")
 BASES = "ACGTN"
 IUPAC_AMBIGUOUS = "RYSWKMBDHV"
@@ -56,6 +59,7 @@ class CharTokenizer:
 
     pad_id, mask_id, bos_id, eos_id = 0, 1, 2, 3
     vocab = SPECIALS + tuple(BASES)
+    base_ids = (4, 5, 6, 7)                               # A C G T: what an LM predicts
 
     def __init__(self, strict: bool = False, uppercase: bool = True):
         self.strict, self.uppercase = strict, uppercase
@@ -75,11 +79,6 @@ class CharTokenizer:
         return len(self.vocab)
 
     @property
-    def base_ids(self) -> tuple[int, ...]:
-        """Token ids of A C G T (the four bases a language model predicts)."""
-        return tuple(self.vocab.index(b) for b in "ACGT")
-
-    @property
     def complement_map(self) -> torch.Tensor:
         """(V,) long: id -> id of its complement (A<->T, C<->G; N and specials map to
         themselves). This is the map the RC-equivariant backbone takes."""
@@ -92,7 +91,20 @@ class CharTokenizer:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "CharTokenizer":
+        if cfg.get("type", "char") != "char":
+            raise ValueError(f"not a character tokenizer config: {cfg}")
         return cls(strict=cfg.get("strict", False), uppercase=cfg.get("uppercase", True))
+
+    def save(self, directory) -> None:
+        """Write ``directory/tokenizer.json`` (beside a checkpoint's config.json)."""
+        Path(directory, TOKENIZER_FILE).write_text(json.dumps(self.to_config(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory) -> "CharTokenizer":
+        """The tokenizer saved in ``directory``; the default one when there is none (the
+        vocabulary is fixed, only the input checks differ)."""
+        path = Path(directory, TOKENIZER_FILE)
+        return cls.from_config(json.loads(path.read_text())) if path.is_file() else cls()
 
     def encode_numpy(self, seq: str, source: str | None = None) -> np.ndarray:
         """seq (L chars) -> (L,) uint8 token ids; raises naming the first bad letter,

@@ -1,0 +1,91 @@
+"""embed: one pooled embedding per FASTA record (and optionally per-position ones).
+
+    python -m pipelines embed --model runs/chr20/model --fasta genes.fa --out genes.npz
+
+The output .npz holds "names" (n,) and "embeddings" (n, F); a .npy path holds only the
+embeddings, with the names in PATH.names.txt beside it. ``--per-position DIR`` also writes
+DIR/<index>_<record>.npy, a (L, D) float32 array filled chunk by chunk through a memory
+map. With a causal model a record of any length (2^20 bases and more) costs one chunk of
+activations on a CPU (the state passes between chunks); a bidirectional model reads a
+record whole.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import core
+import mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
+from mamba_bio.embeddings import hidden_chunks, pooled_features
+from mamba_bio.fasta import open_sequences
+from mamba_bio.tokenizers import CharTokenizer
+
+HELP = "pooled (and per-position) embeddings of FASTA records from a trained model"
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, help="model directory (any genome model)")
+    parser.add_argument("--fasta", required=True, help="FASTA or GenBank file")
+    # dest is not "out": the CLI makes an --out *directory* (for config.json); this is a file.
+    parser.add_argument("--out", dest="out_file", required=True,
+                        help="output .npz (or .npy)")
+    parser.add_argument("--pooling", choices=("mean", "max"), default="mean")
+    parser.add_argument("--per-position", metavar="DIR", default=None,
+                        help="also write per-position hidden states, one .npy per record")
+    parser.add_argument("--chunk-len", type=int, default=2 ** 14,
+                        help="bases per forward chunk (memory bound)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--decompress-gzip", action="store_true")
+
+
+def embed_record(model, ids, chunk_len, pooling, positions_path=None):
+    """Pooled features (F,) of one record ``ids`` (L,); per-position hidden states (L, D)
+    go to ``positions_path`` (.npy, memory-mapped) when given."""
+    pooled, positions = None, None
+    with tqdm(total=len(ids), unit="bp", unit_scale=True, leave=False) as bar:
+        for start, h in hidden_chunks(model, ids, chunk_len):                 # h (chunk, D)
+            if positions_path is not None:
+                if positions is None:
+                    positions = np.lib.format.open_memmap(
+                        positions_path, mode="w+", dtype=np.float32, shape=(len(ids), h.shape[-1]))
+                positions[start:start + len(h)] = h.float().cpu().numpy()
+            f = pooled_features(model, h).float()                             # (chunk, F)
+            part = f.sum(0) if pooling == "mean" else f.amax(0)
+            pooled = part if pooled is None else (
+                pooled + part if pooling == "mean" else torch.maximum(pooled, part))
+            bar.update(len(h))
+    if positions is not None:
+        positions.flush()
+    return (pooled / len(ids) if pooling == "mean" else pooled).cpu().numpy()
+
+
+def run(args):
+    out = Path(args.out_file)
+    if out.suffix not in (".npz", ".npy"):
+        raise ValueError(f"--out must end in .npz or .npy, got {out}")
+    model = core.load_pretrained(args.model, device=args.device)
+    tokenizer = CharTokenizer.load(args.model)
+    source = open_sequences(args.fasta, decompress_gzip=args.decompress_gzip)
+    pos_dir = Path(args.per_position) if args.per_position else None
+    if pos_dir:
+        pos_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, name in enumerate(tqdm(source.names, unit="record")):
+        ids = tokenizer.encode(source.fetch(name), source=f"{args.fasta}:{name}")
+        if len(ids) == 0:
+            raise ValueError(f"{args.fasta}:{name}: empty record")
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        rows.append(embed_record(model, ids.to(args.device), args.chunk_len, args.pooling,
+                                 pos_dir / f"{i}_{safe}.npy" if pos_dir else None))
+    embeddings = np.stack(rows).astype(np.float32)                           # (n, F)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, names=np.array(source.names), embeddings=embeddings)
+    else:
+        np.save(out, embeddings)
+        out.with_suffix(".names.txt").write_text("\n".join(source.names) + "\n")
+    print(f"{len(rows)} embeddings of width {embeddings.shape[1]} -> {out}")

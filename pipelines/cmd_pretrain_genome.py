@@ -1,0 +1,153 @@
+"""pretrain-genome: causal (Mamba paper) or masked (Caduceus) language model on a FASTA.
+
+    python -m pipelines pretrain-genome --fasta chr20.fa --objective clm --seq-len 1024 \
+        --steps 2000 --out runs/chr20
+
+Training windows come from the train split, the validation loss from the disjoint val split
+(by chromosome when there are several, else the last ``--val-fraction`` of each record).
+For clm the validation is the whole val split read in one causal pass (state passed between
+chunks), so ``val_loss`` is the exact per-base NLL there; the report adds the perplexity of
+the best order-k Markov model fit on the train split, the baseline to beat.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import core
+from mamba_bio.bed import read_bed
+from mamba_bio.datasets import GenomeWindows, mlm_mask, split_regions
+from mamba_bio.fasta import open_sequences
+from mamba_bio.heads import MaskedLM
+from mamba_bio.metrics import best_markov_perplexity, lm_metrics, lm_nll
+from mamba_bio.tokenizers import CharTokenizer
+from pipelines.options import TrainConfig, add_training_args
+from pipelines.trainer import seed_everything, train
+
+HELP = "pretrain a causal (clm) or masked (mlm) Mamba language model on a genome FASTA"
+MARKOV_MAX_BASES = 20_000_000      # the Markov baseline reads the splits into memory
+
+
+def add_arguments(parser):
+    add_training_args(parser)
+    g = parser.add_argument_group("genome")
+    g.add_argument("--fasta", required=True, help="FASTA (plain or bgzip) to pretrain on")
+    g.add_argument("--bed", default=None, help="BED file: train/validate only inside these "
+                                               "intervals")
+    g.add_argument("--objective", choices=("clm", "mlm"), default="clm",
+                   help="clm: next-base prediction, causal MambaLM; mlm: masked bases, "
+                        "bidirectional MaskedLM")
+    g.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the bases held out for validation")
+    g.add_argument("--split-by", choices=("auto", "record", "position"), default="auto",
+                   help="hold out whole records, or the end of every record")
+    g.add_argument("--val-bases", type=int, default=200_000,
+                   help="validate on at most this many bases of the val split")
+    g.add_argument("--max-n-frac", type=float, default=0.1,
+                   help="skip training windows with more N than this")
+    g.add_argument("--no-rc-augment", action="store_true",
+                   help="do not reverse-complement half of the training windows")
+    g.add_argument("--d-state", type=int, default=16, help="SSM state size N")
+    g.add_argument("--strict", action="store_true",
+                   help="IUPAC codes other than N are an error instead of N")
+    g.add_argument("--decompress-gzip", action="store_true",
+                   help="accept a plain-gzip FASTA by decompressing it once to a cache")
+
+
+def clm_loss(model, batch):
+    """Predict every base of the window from [BOS] and the bases before it."""
+    ids = batch["input_ids"]                                               # (B, L)
+    inputs = F.pad(ids[:, :-1], (1, 0), value=CharTokenizer.bos_id)        # (B, L)
+    logits = model(inputs)                                                 # (B, L, V)
+    return F.cross_entropy(logits.flatten(0, 1), ids.flatten()), ids.numel()
+
+
+def mlm_loss(model, batch):
+    logits = model(batch["input_ids"])                                     # (B, L, V)
+    labels = batch["labels"]
+    return (F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100),
+            int((labels != -100).sum()))
+
+
+def region_text(source, regions, max_bases=None):
+    """The bases of ``regions`` as one list of strings, cut at ``max_bases`` in total."""
+    out, left = [], max_bases if max_bases is not None else math.inf
+    for r in regions:
+        if left <= 0:
+            break
+        end = r.end if left == math.inf else min(r.end, r.start + int(left))
+        out.append(source.fetch(r.name, r.start, end))
+        left -= end - r.start
+    return out
+
+
+def make_clm_eval(val_texts, tokenizer):
+    ids = [tokenizer.encode(t, add_bos=True) for t in val_texts]
+
+    def eval_fn(model):
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for x in ids:
+            nll, n = lm_nll(model, x.to(device))
+            total, count = total + nll, count + n
+        return {"val_loss": total / count, **lm_metrics(total, count)}
+    return eval_fn
+
+
+def make_mlm_eval(data, seq_len, n_batches=4, batch_size=8):
+    batches = [data.get_batch(10 ** 9 + i, seq_len, batch_size) for i in range(n_batches)]
+
+    def eval_fn(model):
+        device = next(model.parameters()).device
+        losses = [mlm_loss(model, {k: v.to(device) for k, v in b.items()})[0].item()
+                  for b in batches]
+        return {"val_loss": float(np.mean(losses))}
+    return eval_fn
+
+
+def run(args):
+    cfg = TrainConfig.from_args(args)
+    tokenizer = CharTokenizer(strict=args.strict)
+    source = open_sequences(args.fasta, decompress_gzip=args.decompress_gzip)
+    regions = read_bed(args.bed, lengths=source.lengths) if args.bed else None
+    splits = split_regions(source, (1 - args.val_fraction, args.val_fraction, 0.0),
+                           by=args.split_by, regions=regions)
+    if not splits["val"]:
+        raise ValueError("the validation split is empty; raise --val-fraction")
+    seed_everything(cfg.seed)
+    common = dict(tokenizer=tokenizer, objective=args.objective, max_n_frac=args.max_n_frac,
+                  seed=cfg.seed)
+    train_data = GenomeWindows(source, splits["train"], rc_augment=not args.no_rc_augment,
+                               **common)
+    if args.objective == "clm":
+        model = core.MambaLM(tokenizer.vocab_size, cfg.d_model, cfg.n_layer,
+                             d_state=args.d_state)
+        loss_fn = clm_loss
+        val_texts = region_text(source, splits["val"], args.val_bases)
+        eval_fn = make_clm_eval(val_texts, tokenizer)
+    else:
+        model = MaskedLM(tokenizer.vocab_size, cfg.d_model, cfg.n_layer, d_state=args.d_state)
+        loss_fn = mlm_loss
+        val_data = GenomeWindows(source, splits["val"], rc_augment=False, **common)
+        eval_fn = make_mlm_eval(val_data, cfg.seq_len)
+    summary = train(model, loss_fn, train_data.get_batch, cfg, eval_fn=eval_fn)
+    tokenizer.save(summary["model_dir"])
+
+    report = {"objective": args.objective, "steps": summary["step"],
+              "train_loss": summary["loss"], "val": summary["val"],
+              "splits": {k: [f"{r.name}:{r.start}-{r.end}" for r in v]
+                         for k, v in splits.items()}}
+    if args.objective == "clm":
+        train_bases = sum(r.end - r.start for r in splits["train"])
+        if train_bases + sum(map(len, val_texts)) <= MARKOV_MAX_BASES:
+            # Fit on the train split, score the same val bases as the model.
+            markov = best_markov_perplexity("N".join(region_text(source, splits["train"])),
+                                            "N".join(val_texts))
+            report["markov_baseline"] = markov
+    Path(cfg.out, "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in report if k != "splits"}, indent=2))

@@ -1,0 +1,128 @@
+"""Genomics jobs end to end on simulated data (tiny models, a few steps), RC invariance,
+chunked inference; a slow real-data run on the mitochondrial genomes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import core
+from mamba_bio.embeddings import hidden_chunks
+from mamba_bio.metrics import lm_nll
+from mamba_bio.simulate import simulate_genomes, write_species_fastas
+from mamba_bio.tokenizers import CharTokenizer
+from pipelines.cli import main
+
+TINY = ["--d-model", "8", "--n-layer", "1", "--d-state", "4", "--batch-size", "2",
+        "--warmup-steps", "1", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    genomes = simulate_genomes("((a:0.02,b:0.02):0.1,c:0.1);", length=1500, n_chromosomes=2,
+                               seed=4)
+    return write_species_fastas(tmp_path_factory.mktemp("sim"), genomes)
+
+
+def last_json(text):
+    return json.loads(text[text.index("{"):])
+
+
+def test_rc_invariant_classifier_gives_same_logits_on_both_strands():
+    tok = CharTokenizer()
+    torch.manual_seed(0)
+    clf = core.SequenceClassifier(tok.vocab_size, 16, 2, num_classes=3, bidirectional=True,
+                                  rc_equivariant=True, complement=tok.complement_map.tolist())
+    ids = tok.batch_encode(["ACGGTCAGTTAC", "GGGATC"])
+    logits = clf(ids["input_ids"], ids["attention_mask"])
+    rc = tok.reverse_complement_ids(ids["input_ids"], ids["attention_mask"])
+    assert torch.allclose(logits, clf(rc, ids["attention_mask"]), atol=1e-5)
+    plain = core.SequenceClassifier(tok.vocab_size, 16, 2, num_classes=3, bidirectional=True)
+    assert not torch.allclose(plain(ids["input_ids"], ids["attention_mask"]),
+                              plain(rc, ids["attention_mask"]), atol=1e-5)
+
+
+def test_chunked_inference_equals_whole():
+    tok = CharTokenizer()
+    torch.manual_seed(0)
+    lm = core.MambaLM(tok.vocab_size, 16, 2).eval()
+    ids = tok.encode("ACGTNACGGTTA" * 20, add_bos=True)
+    whole_nll, n = lm_nll(lm, ids, chunk_len=10_000)
+    assert n == 12 * 20 - 20                                   # the N are not scored
+    assert lm_nll(lm, ids, chunk_len=17)[0] == pytest.approx(whole_nll, rel=1e-5)
+    chunks = torch.cat([h for _, h in hidden_chunks(lm, ids, chunk_len=23)])
+    assert torch.allclose(chunks, lm.embed(ids[None])[0], atol=1e-5)
+
+
+def test_pretrain_eval_embed_and_classify_on_simulated_genomes(sim, tmp_path, capsys):
+    out = tmp_path / "lm"
+    assert main(["pretrain-genome", "--fasta", str(sim["a"]), "--out", str(out),
+                 "--steps", "2", "--seq-len", "32", "--val-bases", "300", *TINY]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert report["markov_baseline"]["perplexity"] > 1 and report["val"]["val_loss"] > 0
+    assert (out / "model" / "tokenizer.json").is_file()
+
+    assert main(["eval-genome", "--model", str(out / "model"), "--fasta", str(sim["b"]),
+                 "--chunk-len", "500"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"perplexity", "bits_per_base", "tokens"}
+    assert result["tokens"] == 3000
+    assert result["bits_per_base"] == pytest.approx(np.log2(result["perplexity"]))
+
+    emb = tmp_path / "e.npz"
+    assert main(["embed", "--model", str(out / "model"), "--fasta", str(sim["c"]),
+                 "--out", str(emb), "--per-position", str(tmp_path / "pos"),
+                 "--chunk-len", "400"]) == 0
+    data = np.load(emb)
+    assert list(data["names"]) == ["chr1", "chr2"] and data["embeddings"].shape == (2, 8)
+    positions = np.load(tmp_path / "pos" / "0_chr1.npy")
+    assert positions.shape == (1500, 8)
+    assert np.allclose(positions.mean(0), data["embeddings"][0], atol=1e-5)
+
+    cls = tmp_path / "cls"
+    species = [f"{k}={v}" for k, v in sim.items()]
+    assert main(["classify-species", "--species", *species, "--out", str(cls),
+                 "--steps", "2", "--seq-len", "64", "--eval-per-class", "3",
+                 "--baseline-per-class", "10", "--kmer", "2", *TINY]) == 0
+    rep = json.loads((cls / "report.json").read_text())
+    for key in ("accuracy", "per_class_f1", "confusion_matrix", "classes", "baseline_accuracy"):
+        assert key in rep
+    assert rep["classes"] == ["a", "b", "c"] and np.sum(rep["confusion_matrix"]) == 9
+    assert (cls / "confusion.png").is_file()
+
+
+def test_mlm_pretraining_initialises_a_classifier(sim, tmp_path, capsys):
+    out = tmp_path / "mlm"
+    assert main(["pretrain-genome", "--fasta", str(sim["a"]), "--objective", "mlm",
+                 "--out", str(out), "--steps", "2", "--seq-len", "32", *TINY]) == 0
+    assert main(["classify-species", "--species", f"a={sim['a']}", f"b={sim['b']}",
+                 "--out", str(tmp_path / "cls"), "--init-from", str(out / "model"),
+                 "--steps", "1", "--seq-len", "32", "--eval-per-class", "2",
+                 "--baseline-per-class", "4", "--kmer", "1", *TINY]) == 0
+    # A causal classifier cannot take the bidirectional backbone: a clear error.
+    assert main(["classify-species", "--species", f"a={sim['a']}", f"b={sim['b']}",
+                 "--out", str(tmp_path / "bad"), "--init-from", str(out / "model"),
+                 "--causal", "--steps", "1", "--seq-len", "32", *TINY]) == 1
+    assert "does not fit this classifier" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--species", "a"], "expects NAME=FASTA"),
+    (["--species", "a=/nonexistent.fa", "b=/nonexistent.fa"], "not found: /nonexistent.fa"),
+])
+def test_classify_species_bad_input(tmp_path, capsys, argv, message):
+    assert main(["classify-species", *argv, "--out", str(tmp_path / "x")]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mito_species_end_to_end(shared_data, tmp_path, capsys):
+    """Nine mitogenomes, 1 kb windows, region-disjoint splits, tiny model, a few steps."""
+    mito = sorted((shared_data / "dna" / "mito").glob("*.fa"))
+    species = [f"{p.stem}={p}" for p in mito]
+    assert main(["classify-species", "--species", *species, "--out", str(tmp_path / "m"),
+                 "--steps", "10", "--seq-len", "1000", "--eval-per-class", "5",
+                 "--baseline-per-class", "50", *TINY]) == 0
+    rep = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert len(rep["classes"]) == 9 and np.sum(rep["confusion_matrix"]) == 45
+    assert 0.0 <= rep["baseline_accuracy"] <= 1.0
