@@ -30,7 +30,7 @@ def add_arguments(parser):
                         help="folder for the generated data and every job's outputs")
     parser.add_argument("--jobs", default=",".join(JOBS),
                         help="comma-separated subset of: " + ", ".join(JOBS))
-    parser.add_argument("--steps", type=int, default=100,
+    parser.add_argument("--steps", type=int, default=60,
                         help="optimizer steps of each training job")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="device of every job")
@@ -79,7 +79,7 @@ def plan(out: Path, steps: int, device: str, seed: int) -> dict[str, Job]:
             "train-audio",
             required=[(("--data", "--audio-dir", "--data-dir", "--wav-dir"), audio),
                       (("--out",), out / "train-audio")],
-            tuning=_training(steps, 2048, 4, device, seed)),
+            tuning=_training(steps, 1024, 4, device, seed)),
         "generate-audio": Job(
             "generate-audio",
             required=[(("--model", "--model-dir", "--checkpoint"), out / "train-audio" / "model"),
