@@ -1,0 +1,206 @@
+"""Causal and bidirectional backbones: shapes, causality, step == forward, chunked == whole,
+padded == unpadded, shared projections, reverse-complement equivariance, 1M-step memory."""
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from core import BiMamba, BiMambaBackbone, Mamba, MambaBackbone, reverse_complement_hidden
+from core.bimamba import reverse_within
+
+D = 16
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box step-by-step loops
+    with 2 OpenMP threads run 20x slower than with one."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _padded_pair(length=40, short=27):
+    """x (2, L, D) and a right-padding mask whose second row has ``short`` real steps."""
+    x = torch.randn(2, length, D)
+    mask = torch.ones(2, length, dtype=torch.bool)
+    mask[1, short:] = False
+    return x, mask
+
+
+# -- causal ---------------------------------------------------------------------------------
+def test_backbone_shapes_and_state_layout():
+    bb = MambaBackbone(D, n_layer=3)
+    y, state = bb(torch.randn(2, 37, D), return_state=True)
+    assert y.shape == (2, 37, D)
+    assert len(state) == 3 and state[0].ssm.shape == (2, 2 * D, 16)
+
+
+def test_backbone_is_causal():
+    bb = MambaBackbone(D, n_layer=2)
+    x = torch.randn(1, 50, D)
+    x2 = x.clone()
+    x2[:, 31] += 1.0
+    y, y2 = bb(x), bb(x2)
+    torch.testing.assert_close(y2[:, :31], y[:, :31], rtol=0, atol=0)
+    assert (y2[:, 31:] - y[:, 31:]).abs().max() > 1e-3
+
+
+def test_backbone_step_equals_forward():
+    bb = MambaBackbone(D, n_layer=2)
+    x = torch.randn(2, 40, D)
+    with torch.no_grad():
+        y = bb(x)
+        cache = bb.allocate_cache(2)
+        ys = torch.stack([bb.step(x[:, t], cache) for t in range(40)], 1)
+    torch.testing.assert_close(ys, y, rtol=1e-4, atol=1e-5)
+
+
+def test_backbone_chunked_equals_whole_and_state_passing():
+    bb = MambaBackbone(D, n_layer=2, chunk_size=16)
+    x = torch.randn(2, 71, D)                        # not a multiple of the chunk size
+    whole = bb(x)                                    # grad on: one pass
+    with torch.no_grad():
+        chunked = bb(x)                              # grad off: 5 chunks passing state
+        y1, st = bb(x[:, :30], return_state=True)
+        y2 = bb(x[:, 30:], state=st)
+    torch.testing.assert_close(chunked, whole.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), whole.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_backbone_scaled_init():
+    for n_layer in (1, 16):
+        bb = MambaBackbone(D, n_layer=n_layer)
+        w = torch.cat([blk.mixer.out_proj.weight.flatten() for blk in bb.layers])
+        # kaiming_uniform(a=sqrt(5)) has std 1/sqrt(3 * fan_in); then / sqrt(n_layer)
+        expected = 1 / math.sqrt(3 * 2 * D) / math.sqrt(n_layer)
+        assert abs(w.std().item() / expected - 1) < 0.15
+        dt = torch.nn.functional.softplus(bb.layers[0].mixer.dt_proj.bias)   # kept, not zeroed
+        assert dt.min() >= 1e-4 * 0.99 and dt.max() <= 0.1 * 1.01
+
+
+def test_backbone_padded_equals_unpadded_and_left_padding_refused():
+    bb = MambaBackbone(D, n_layer=2)
+    x, mask = _padded_pair()
+    y = bb(x, mask=mask)
+    alone = bb(x[1:, :27])
+    torch.testing.assert_close(y[1:, :27], alone, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="right-padded"):
+        bb(x, mask=mask.flip(1))
+
+
+# -- bidirectional --------------------------------------------------------------------------
+def test_bimamba_shares_projections():
+    bi, single = BiMamba(D), Mamba(D)
+    n_single = sum(p.numel() for p in single.parameters())
+    shared = sum(p.numel() for m in (single.in_proj, single.out_proj) for p in m.parameters())
+    assert bi.fwd.in_proj is bi.rev.in_proj and bi.fwd.out_proj is bi.rev.out_proj
+    assert sum(p.numel() for p in bi.parameters()) == 2 * n_single - shared
+
+
+def test_bimamba_rc_backbone_has_half_width_parameters():
+    full = BiMambaBackbone(2 * D, 2)
+    rc = BiMambaBackbone(2 * D, 2, rc_equivariant=True)
+    half = BiMambaBackbone(D, 2)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(rc) == count(half) < count(full)
+
+
+@pytest.mark.parametrize("rc", [False, True])
+def test_bimamba_shapes_and_bidirectional(rc):
+    bb = BiMambaBackbone(D, 2, rc_equivariant=rc)
+    x = torch.randn(1, 40, D)
+    x2 = x.clone()
+    x2[:, 30] += 1.0
+    y, y2 = bb(x), bb(x2)
+    assert y.shape == (1, 40, D)
+    assert (y2[:, :30] - y[:, :30]).abs().max() > 1e-4        # the future reaches the past
+
+
+@pytest.mark.parametrize("rc", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_bimamba_chunked_equals_whole(rc, masked):
+    bb = BiMambaBackbone(D, 2, chunk_size=16, rc_equivariant=rc)
+    x, mask = _padded_pair(length=53, short=37)
+    mask = mask if masked else None
+    whole = bb(x, mask=mask).detach()
+    with torch.no_grad():
+        chunked = bb(x, mask=mask)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rc", [False, True])
+def test_bimamba_padded_equals_unpadded(rc):
+    bb = BiMambaBackbone(D, 2, rc_equivariant=rc)
+    x, mask = _padded_pair()
+    y = bb(x, mask=mask)
+    alone = bb(x[1:, :27])
+    torch.testing.assert_close(y[1:, :27], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y[:1], bb(x[:1]), rtol=1e-5, atol=1e-6)
+
+
+def test_reverse_within_is_a_per_row_involution():
+    x = torch.arange(10.).view(2, 5, 1)
+    r = reverse_within(x, torch.tensor([5, 3]))
+    assert r[:, :, 0].tolist() == [[4, 3, 2, 1, 0], [7, 6, 5, 8, 9]]
+    torch.testing.assert_close(reverse_within(r, torch.tensor([5, 3])), x)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_rc_equivariance_is_exact(masked):
+    bb = BiMambaBackbone(D, 3, rc_equivariant=True)
+    x, mask = _padded_pair()
+    lengths = mask.sum(1) if masked else None
+    mask = mask if masked else None
+    y = bb(x, mask=mask)
+    y_rc = bb(reverse_complement_hidden(x, lengths), mask=mask)
+    real = mask if masked else torch.ones(2, 40, dtype=torch.bool)
+    torch.testing.assert_close(y_rc[real], reverse_complement_hidden(y, lengths)[real],
+                               rtol=1e-5, atol=1e-5)
+    # the plain bidirectional stack is not equivariant: the check can fail
+    plain = BiMambaBackbone(D, 3)
+    diff = plain(reverse_complement_hidden(x)) - reverse_complement_hidden(plain(x))
+    assert diff.abs().max() > 1e-2
+
+
+# -- a million steps ------------------------------------------------------------------------
+_MILLION = textwrap.dedent("""
+    import resource, sys, time, torch, core
+    def rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    torch.manual_seed(0)
+    kind = sys.argv[1]
+    bb = (core.MambaBackbone(128, 4) if kind == "causal"
+          else core.BiMambaBackbone(128, 4, rc_equivariant=(kind == "birc")))
+    with torch.no_grad():
+        bb(torch.randn(1, 64, 128))
+        x = torch.randn(1, 2 ** 20, 128)
+        before = rss_mb()
+        t = time.perf_counter()
+        y = bb(x)
+        dt = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert y.shape == x.shape and bool(torch.isfinite(y).all())
+    print(peak, peak - before, dt)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["causal", "bi"])
+def test_million_steps_in_bounded_memory(kind):
+    """backbone(x) on (1, 2^20, 128), 4 layers, under no_grad: the input and output alone
+    are 1 GiB; the whole-sequence path would keep (L, 2E) activations per layer (2 GiB
+    each) besides, so a peak under 4 GB and a growth under 2.5 GB show the chunked path."""
+    out = subprocess.run([sys.executable, "-c", _MILLION, kind], capture_output=True,
+                         text=True, timeout=1500)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak, growth, seconds = map(float, out.stdout.split()[-3:])
+    assert peak < 4000, f"peak RSS {peak:.0f} MB"
+    assert growth < 2500, f"RSS growth {growth:.0f} MB"

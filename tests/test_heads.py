@@ -1,0 +1,175 @@
+"""MambaLM (tied head, step, generate), sampling filters, SequenceClassifier (pooling, masks,
+exact RC invariance) and embeddings."""
+import pytest
+import torch
+
+from core import (MambaLM, RCEmbedding, SequenceClassifier, pool_hidden, sample_logits,
+                  top_k_filter, top_p_filter)
+
+V, D = 6, 16
+COMPLEMENT = [3, 2, 1, 0, 4, 5]          # A C G T <-> T G C A; N and PAD map to themselves
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box step-by-step loops
+    with 2 OpenMP threads run 20x slower than with one."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rc_ids(ids, lengths):
+    """Reverse complement of each row's first ``lengths[b]`` token ids (padding stays)."""
+    comp = torch.tensor(COMPLEMENT)
+    out = ids.clone()
+    for b, n in enumerate(lengths.tolist()):
+        out[b, :n] = comp[ids[b, :n].flip(0)]
+    return out
+
+
+# -- language model -------------------------------------------------------------------------
+def test_lm_shapes_and_tied_head():
+    lm = MambaLM(V, D, 2)
+    ids = torch.randint(0, V, (2, 30))
+    assert lm(ids).shape == (2, 30, V)
+    n_backbone = sum(p.numel() for p in lm.backbone.parameters())
+    assert sum(p.numel() for p in lm.parameters()) == n_backbone + V * D   # no separate head
+    with torch.no_grad():
+        before = lm(ids)
+        lm.embedding.weight[:, 0] += 1.0          # the head reads the embedding matrix
+        assert not torch.allclose(lm(ids), before)
+
+
+def test_lm_step_equals_forward_and_is_causal():
+    lm = MambaLM(V, D, 2)
+    ids = torch.randint(0, V, (2, 40))
+    with torch.no_grad():
+        logits = lm(ids)
+        cache = lm.allocate_cache(2)
+        steps = torch.stack([lm.step(ids[:, t], cache) for t in range(40)], 1)
+        ids2 = ids.clone()
+        ids2[:, 25] = (ids2[:, 25] + 1) % V
+        logits2 = lm(ids2)
+    torch.testing.assert_close(steps, logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits2[:, :25], logits[:, :25], rtol=0, atol=0)
+
+
+def test_generate_is_reproducible_with_a_generator():
+    lm = MambaLM(V, D, 2)
+    prompt = torch.randint(0, V, (2, 7))
+    gen = lambda seed, **kw: lm.generate(prompt, 20, generator=torch.Generator().manual_seed(seed),
+                                         **kw)
+    a, b, c = gen(1), gen(1), gen(2)
+    assert a.shape == (2, 27) and torch.equal(a[:, :7], prompt)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(gen(1, top_k=3, top_p=0.8), gen(1, top_k=3, top_p=0.8))
+
+
+def test_greedy_generate_matches_full_forward_argmax():
+    """prefill + recurrent steps must pick the same tokens as re-running the whole sequence."""
+    lm = MambaLM(V, D, 2)
+    with torch.no_grad():                 # sharpen the logits so argmax ties cannot occur
+        lm.embedding.weight.mul_(20)
+    prompt = torch.randint(0, V, (2, 5))
+    out = lm.generate(prompt, 12, temperature=0)
+    assert torch.equal(out, lm.generate(prompt, 12, top_k=1))
+    with torch.no_grad():
+        logits = lm(out[:, :-1])
+    torch.testing.assert_close(logits[:, 4:].argmax(-1), out[:, 5:])
+
+
+# -- sampling -------------------------------------------------------------------------------
+def test_top_k_and_top_p_masks():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept = lambda t: torch.isfinite(t)[0].tolist()
+    assert kept(top_k_filter(logits, 2)) == [True, True, False, False, False]
+    assert kept(top_p_filter(logits, 0.5)) == [True, False, False, False, False]
+    assert kept(top_p_filter(logits, 0.6)) == [True, True, False, False, False]
+    assert kept(top_p_filter(logits, 0.85)) == [True, True, True, False, False]
+    assert kept(top_p_filter(logits, 1.0)) == [True] * 5
+    shuffled = logits[:, [3, 0, 4, 2, 1]]                 # order must not matter
+    assert kept(top_p_filter(shuffled, 0.6)) == [False, True, False, False, True]
+    with pytest.raises(ValueError):
+        top_p_filter(logits, 0.0)
+
+
+def test_sampling_never_draws_masked_tokens():
+    logits = torch.randn(4, 50)
+    g = torch.Generator().manual_seed(0)
+    allowed_k = top_k_filter(logits, 5).isfinite()
+    allowed_p = top_p_filter(logits, 0.3).isfinite()
+    for _ in range(50):
+        tk = sample_logits(logits, top_k=5, generator=g)
+        tp = sample_logits(logits, top_p=0.3, generator=g)
+        assert allowed_k.gather(1, tk[:, None]).all() and allowed_p.gather(1, tp[:, None]).all()
+    assert torch.equal(sample_logits(logits, temperature=0), logits.argmax(-1))
+
+
+# -- classifier and embeddings --------------------------------------------------------------
+def test_pool_hidden_against_hand_computation():
+    h = torch.randn(2, 6, 3)
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    torch.testing.assert_close(pool_hidden(h, mask, "mean")[1], h[1, :4].mean(0))
+    torch.testing.assert_close(pool_hidden(h, mask, "max")[1], h[1, :4].amax(0))
+    torch.testing.assert_close(pool_hidden(h, mask, "last")[1], h[1, 3])
+    torch.testing.assert_close(pool_hidden(h, None, "last"), h[:, -1])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "max"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_classifier_padded_equals_unpadded(pooling, bidirectional):
+    clf = SequenceClassifier(V, D, 2, num_classes=3, pooling=pooling,
+                             bidirectional=bidirectional)
+    ids = torch.randint(0, 4, (2, 33))
+    mask = torch.ones(2, 33, dtype=torch.bool)
+    mask[1, 20:] = False
+    ids[1, 20:] = 5                                   # PAD
+    logits = clf(ids, mask)
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(logits[1:], clf(ids[1:, :20]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(clf.embed(ids, mask, pooling=pooling)[1:],
+                               clf.embed(ids[1:, :20], pooling=pooling), rtol=1e-5, atol=1e-5)
+    assert clf.embed(ids, mask).shape == (2, 33, D)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_rc_equivariant_classifier_is_exactly_rc_invariant(pooling):
+    clf = SequenceClassifier(V, D, 2, num_classes=3, pooling=pooling, bidirectional=True,
+                             rc_equivariant=True, complement=COMPLEMENT)
+    ids = torch.randint(0, 5, (2, 33))
+    mask = torch.ones(2, 33, dtype=torch.bool)
+    mask[1, 21:] = False
+    ids[1, 21:] = 5
+    rc = _rc_ids(ids, mask.sum(1))
+    torch.testing.assert_close(clf(rc, mask), clf(ids, mask), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(clf.embed(rc, mask, pooling=pooling),
+                               clf.embed(ids, mask, pooling=pooling), rtol=1e-5, atol=1e-6)
+    # without RC parameter sharing the same check fails
+    plain = SequenceClassifier(V, D, 2, num_classes=3, pooling=pooling, bidirectional=True)
+    assert (plain(rc, mask) - plain(ids, mask)).abs().max() > 1e-4
+
+
+def test_rc_embedding_is_equivariant_and_validates_the_map():
+    emb = RCEmbedding(V, D, COMPLEMENT)
+    ids = torch.randint(0, 5, (1, 10))
+    rc = _rc_ids(ids, torch.tensor([10]))
+    torch.testing.assert_close(emb(rc), emb(ids).flip(1).flip(-1))
+    with pytest.raises(ValueError, match="involution"):
+        RCEmbedding(4, D, [1, 2, 3, 0])
+    with pytest.raises(ValueError, match="permutation"):
+        RCEmbedding(4, D, [0, 0, 1, 2])
+
+
+def test_classifier_argument_errors():
+    with pytest.raises(ValueError, match="bidirectional"):
+        SequenceClassifier(V, D, 1, 2, rc_equivariant=True, complement=COMPLEMENT)
+    with pytest.raises(ValueError, match="complement"):
+        SequenceClassifier(V, D, 1, 2, bidirectional=True, rc_equivariant=True)
+    with pytest.raises(ValueError, match="RC-invariant"):
+        SequenceClassifier(V, D, 1, 2, pooling="last", bidirectional=True,
+                           rc_equivariant=True, complement=COMPLEMENT)
+    with pytest.raises(ValueError, match="pooling"):
+        SequenceClassifier(V, D, 1, 2, pooling="attention")

@@ -1,0 +1,130 @@
+"""save_pretrained / from_pretrained / load_pretrained: round trips for every model, JSON +
+safetensors only, shared tensors stored once, atomic writes, clear errors."""
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+import core
+import mamba_audio.pooling  # noqa: F401  (registers pooling "sashimi")
+from core import (BiMambaBackbone, MambaBackbone, MambaLM, MultiscaleBackbone,
+                  SequenceClassifier, load_pretrained)
+
+D = 16
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+MODELS = {
+    "backbone": (lambda: MambaBackbone(D, 2, d_state=8), lambda: torch.randn(2, 24, D)),
+    "bimamba_rc": (lambda: BiMambaBackbone(D, 2, rc_equivariant=True),
+                   lambda: torch.randn(2, 24, D)),
+    "multiscale": (lambda: MultiscaleBackbone(D, pool=(2, 2), causal=True, pooling="sashimi",
+                                              n_layers_per_stage=1),
+                   lambda: torch.randn(2, 24, D)),
+    "lm": (lambda: MambaLM(6, D, 2), lambda: torch.randint(0, 6, (2, 24))),
+    "classifier": (lambda: SequenceClassifier(6, D, 2, 3, pooling="max", bidirectional=True,
+                                              rc_equivariant=True, complement=[3, 2, 1, 0, 4, 5]),
+                   lambda: torch.randint(0, 6, (2, 24))),
+}
+
+
+def _perturb(model):
+    """Move every parameter off its init so that a round trip cannot pass by re-initialising."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_round_trip(tmp_path, name):
+    make, inputs = MODELS[name]
+    model = _perturb(make()).eval()
+    x = inputs()
+    model.save_pretrained(tmp_path / "ckpt")
+    again = load_pretrained(tmp_path / "ckpt")
+    assert type(again) is type(model) and again.config == model.config
+    same = type(model).from_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(same(x), model(x), rtol=0, atol=0)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    payload = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert payload["class"] == type(model).__name__
+
+
+def test_files_are_json_and_safetensors_with_shared_tensors_once(tmp_path):
+    model = BiMambaBackbone(D, 1)
+    model.save_pretrained(tmp_path / "bi", extra_json={"metrics.json": {"loss": 1.5}})
+    names = sorted(p.name for p in (tmp_path / "bi").iterdir())
+    assert names == ["config.json", "metrics.json", "model.safetensors"]
+    keys = safetensors.torch.load_file(tmp_path / "bi" / "model.safetensors").keys()
+    assert sum("in_proj" in k for k in keys) == 1 and sum("out_proj" in k for k in keys) == 1
+    lm = MambaLM(6, D, 1)
+    lm.save_pretrained(tmp_path / "lm")
+    keys = safetensors.torch.load_file(tmp_path / "lm" / "model.safetensors").keys()
+    assert not any("lm_head" in k for k in keys)           # tied: the embedding only
+
+
+def test_failed_write_leaves_nothing_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    lm = MambaLM(6, D, 1)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", boom)
+    with pytest.raises(OSError, match="disk full"):
+        lm.save_pretrained(tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []                   # no partial dir, no temp dir
+    monkeypatch.undo()
+
+    lm.save_pretrained(tmp_path / "old")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    monkeypatch.setattr(safetensors.torch, "save_model", boom)
+    with pytest.raises(OSError):
+        MambaLM(6, D, 2).save_pretrained(tmp_path / "old")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+    monkeypatch.undo()
+
+    bigger = MambaLM(6, D, 2)                              # a successful overwrite replaces it
+    bigger.save_pretrained(tmp_path / "old")
+    assert load_pretrained(tmp_path / "old").config.n_layer == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+
+
+def test_loading_errors(tmp_path):
+    MambaBackbone(D, 1).save_pretrained(tmp_path / "bb")
+    with pytest.raises(TypeError, match="not a MambaLM"):
+        MambaLM.from_pretrained(tmp_path / "bb")
+    cfg = tmp_path / "bb" / "config.json"
+    payload = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**payload, "class": "os.system"}))
+    with pytest.raises(ValueError, match="unknown model class"):
+        load_pretrained(tmp_path / "bb")
+    cfg.write_text(json.dumps({**payload, "config": {**payload["config"], "evil": 1}}))
+    with pytest.raises(ValueError, match="unknown config fields"):
+        load_pretrained(tmp_path / "bb")
+    cfg.write_text(json.dumps({**payload, "config": {**payload["config"], "n_layer": 2}}))
+    with pytest.raises(RuntimeError):                       # weights do not fit: strict
+        load_pretrained(tmp_path / "bb")
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(tmp_path / "absent")
+
+
+def test_unregistered_pooling_cannot_be_saved(tmp_path):
+    bb = MultiscaleBackbone(D, pool=(2,), n_layers_per_stage=1,
+                            pooling=lambda d, f, e: core.linear_pooling(d, f, e))
+    with pytest.raises(ValueError, match="not registered"):
+        bb.save_pretrained(tmp_path / "ms")
+    assert list(tmp_path.iterdir()) == []
