@@ -167,23 +167,25 @@ class AudioLM(PretrainedMixin, nn.Module):
         return self.head(self.backbone.step(self.embedding(tokens_t), cache)).float()
 
 
-def stream_nll_bits(model: AudioLM, tokens: torch.Tensor, chunk_size: int = 2 ** 14
-                    ) -> tuple[float, int]:
-    """Negative log2-likelihood of a clip under ``model``, scored chunk by chunk with state
-    passing, so memory depends on ``chunk_size``, not on the clip's length.
+def stream_nll_bits(model: AudioLM, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                    chunk_size: int = 2 ** 14) -> tuple[float, int]:
+    """Negative log2-likelihood of clips under ``model``, scored chunk by chunk with state
+    passing, so memory depends on ``chunk_size``, not on the clips' length.
 
-    Every sample but the first is predicted from all the samples before it.
+    Every sample but the first of a clip is predicted from all the samples before it.
 
     Args:
         model (AudioLM): in eval mode.
-        tokens (Tensor): (B, L) classes, all B clips of the same length.
+        tokens (Tensor): (B, L) classes.
+        mask (Tensor, optional): (B, L) bool, True on real samples (right-padded clips).
         chunk_size (int, 16384): samples per chunk, rounded down to a multiple of P.
 
     Returns:
-        (total bits, number of samples scored = B * (L - 1)).
+        (total bits, number of samples scored: B * (L - 1) without a mask).
     """
     chunk = max(chunk_size // model.total_pool, 1) * model.total_pool
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    keep = None if mask is None else mask[:, 1:]
     state, bits, count = None, 0.0, 0
     with torch.no_grad():
         for start in range(0, inputs.shape[1], chunk):
@@ -192,7 +194,8 @@ def stream_nll_bits(model: AudioLM, tokens: torch.Tensor, chunk_size: int = 2 **
                 logits, state = model(inputs[:, start:end], state=state, return_state=True)
             else:
                 logits = model(inputs[:, start:end], state=state)
-            b, n = nll_bits(logits, targets[:, start:end])
+            b, n = nll_bits(logits, targets[:, start:end],
+                            None if keep is None else keep[:, start:end])
             bits, count = bits + b, count + n
     return bits, count
 

@@ -1,0 +1,135 @@
+"""train-audio: train an autoregressive SaShiMi-Mamba model on a folder of recordings.
+
+    mambaseq train-audio --data fsdd/ --out runs/audio --preset small --seq-len 2048 \
+        --split-by speaker --test-speakers theo
+
+The folder is read recursively, split by speaker (or by file) so that held-out speakers
+are never heard in training, resampled, normalised and mu-law quantised; the shared loop
+trains on random crops and validates on fixed crops of the held-out side. ``<out>/split.json``
+lists both sides; the model lands in ``<out>/model``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mamba_audio.datasets import (FSDD_SPEAKER_REGEX, SPLIT_BY, AudioClips, find_audio_files,
+                                  speakers_from_csv, speakers_from_regex, split_files)
+from mamba_audio.io import NORMALIZE, load_audio
+from mamba_audio.model import PRESETS, AudioLM
+from mamba_audio.quantize import KINDS, Quantizer
+
+from .options import TrainConfig, add_training_args
+from .trainer import seed_everything, train
+
+HELP = "train a SaShiMi-Mamba autoregressive model on a folder of audio files"
+
+
+def add_data_args(parser) -> None:
+    """Where the audio comes from and how it is split (shared with eval-audio)."""
+    g = parser.add_argument_group("audio data")
+    g.add_argument("--data", metavar="DIR", required=True,
+                   help="folder of .wav/.flac/.ogg files (searched recursively)")
+    g.add_argument("--split-by", choices=SPLIT_BY, default="speaker",
+                   help="hold out whole speakers, or a random share of the files")
+    g.add_argument("--speaker-regex", default=FSDD_SPEAKER_REGEX,
+                   help="regex on each file's path below --data; group 'speaker' (or 1) is "
+                        "the speaker (default: FSDD's {digit}_{speaker}_{take}.wav)")
+    g.add_argument("--speakers-csv", metavar="CSV", default=None,
+                   help="CSV with columns file,speaker (instead of --speaker-regex)")
+    g.add_argument("--test-speakers", default=None, metavar="A,B",
+                   help="comma-separated held-out speakers (default: a seeded random "
+                        "--test-fraction of them)")
+    g.add_argument("--test-fraction", type=float, default=0.25,
+                   help="share of speakers (or files) held out when not named")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the random split")
+    g.add_argument("--normalize", choices=NORMALIZE, default="peak",
+                   help="scale each clip to peak 1 before quantising, or keep its level")
+
+
+def split_from_args(args) -> tuple[list[Path], list[Path]]:
+    """(train files, test files) of ``--data`` as the split options say."""
+    files = find_audio_files(args.data)
+    speakers = None
+    if args.split_by == "speaker":
+        speakers = (speakers_from_csv(args.speakers_csv, files, root=args.data)
+                    if args.speakers_csv else
+                    speakers_from_regex(files, args.speaker_regex, root=args.data))
+    test_speakers = args.test_speakers.split(",") if args.test_speakers else None
+    return split_files(files, by=args.split_by, test_fraction=args.test_fraction,
+                       speakers=speakers, test_speakers=test_speakers, seed=args.split_seed)
+
+
+def add_arguments(parser) -> None:
+    add_training_args(parser)
+    add_data_args(parser)
+    g = parser.add_argument_group("audio model")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="small",
+                   help="model size: paper (~6.2M parameters, the Mamba paper's SC09 model), "
+                        "small (~0.5M, CPU), tiny (tests); --d-model/--n-layer override it")
+    g.add_argument("--sample-rate", type=int, default=None,
+                   help="model rate in Hz; files are resampled to it (default: the rate of "
+                        "the first file)")
+    g.add_argument("--quantizer", choices=KINDS, default="mu_law", help="amplitude quantiser")
+    g.add_argument("--bits", type=int, default=8, help="quantiser bits (2**bits classes)")
+    g.add_argument("--val-batches", type=int, default=8,
+                   help="fixed held-out crop batches scored at each validation")
+    # The shared --d-model/--n-layer default to the preset's (--n-layer = blocks per stage).
+    parser.set_defaults(d_model=None, n_layer=None, seq_len=2048, batch_size=8, lr=2e-3,
+                        weight_decay=0.0, warmup_steps=50)
+
+
+def lm_loss(model, batch):
+    """Mean next-sample cross-entropy (nats) over the real samples of a crop batch."""
+    tokens, mask = batch["tokens"], batch["mask"]                        # (B, L + 1)
+    logits = model(tokens[:, :-1])                                        # (B, L, C)
+    keep = mask[:, 1:]
+    loss = F.cross_entropy(logits[keep], tokens[:, 1:][keep])
+    return loss, int(keep.sum())
+
+
+def run(args):
+    train_files, test_files = split_from_args(args)
+    rate = args.sample_rate or load_audio(train_files[0])[1]
+    preset = PRESETS[args.preset]
+    args.d_model = args.d_model or preset["d_model"]
+    args.n_layer = args.n_layer or preset["n_layers_per_stage"]
+    cfg = TrainConfig.from_args(args)
+    seed_everything(cfg.seed)
+    model = AudioLM.from_preset(args.preset, d_model=args.d_model,
+                                n_layers_per_stage=args.n_layer, quantizer=args.quantizer,
+                                bits=args.bits, sample_rate=rate)
+    if cfg.seq_len % model.total_pool:
+        raise ValueError(f"--seq-len {cfg.seq_len} must be a multiple of {model.total_pool} "
+                         "(the product of the pooling factors)")
+    quantizer = Quantizer(args.quantizer, args.bits)
+    train_clips = AudioClips.from_files(train_files, rate, quantizer, args.normalize)
+    test_clips = AudioClips.from_files(test_files, rate, quantizer, args.normalize)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "split.json").write_text(json.dumps(
+        {"train": [str(f) for f in train_files], "test": [str(f) for f in test_files]},
+        indent=1) + "\n")
+    print(f"train-audio: {len(train_files)} train files ({train_clips.n_samples / rate:.0f} s), "
+          f"{len(test_files)} held-out files ({test_clips.n_samples / rate:.0f} s) at {rate} Hz")
+
+    def get_batch(index, seq_len, batch_size, rank, world_size):
+        return train_clips.crops(index, seq_len, batch_size, rank, world_size, seed=cfg.seed)
+
+    val_batches = [test_clips.crops(i, cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
+                   for i in range(args.val_batches)]
+
+    def eval_fn(model):
+        nats = count = 0.0
+        device = next(model.parameters()).device
+        for batch in val_batches:
+            loss, n = lm_loss(model, {k: v.to(device) for k, v in batch.items()})
+            nats, count = nats + float(loss) * n, count + n
+        return {"val_loss": nats / count, "val_bits_per_sample": nats / count / math.log(2)}
+
+    summary = train(model, lm_loss, get_batch, cfg, eval_fn=eval_fn)
+    print(json.dumps({k: summary[k] for k in ("step", "loss", "best_val_loss", "model_dir")}))
