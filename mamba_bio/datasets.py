@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .fasta import Window, n_fraction
-from .tokenizers import CharTokenizer, reverse_complement
+from .tokenizers import CharTokenizer
 
 SPLITS = ("train", "val", "test")
 
@@ -83,14 +83,14 @@ class WindowSampler:
     def __init__(self, source, regions, max_n_frac: float = 0.1, max_tries: int = 100):
         self.source, self.regions = source, list(regions)
         self.max_n_frac, self.max_tries = max_n_frac, max_tries
-        self._where = f"{getattr(source, 'path', 'source')}"
+        self.where = str(getattr(source, "path", "sequences"))   # for error messages
 
     def sample(self, rng: np.random.Generator, length: int) -> tuple[Window, str]:
         """One window (on strand "+") and its bases."""
         starts = np.array([r.end - r.start - length + 1 for r in self.regions])
         if (starts <= 0).all():
             longest = max((r.end - r.start for r in self.regions), default=0)
-            raise ValueError(f"{self._where}: no region holds a window of {length} bases "
+            raise ValueError(f"{self.where}: no region holds a window of {length} bases "
                              f"(longest region {longest})")
         p = starts.clip(min=0) / starts.clip(min=0).sum()
         for _ in range(self.max_tries):
@@ -99,7 +99,7 @@ class WindowSampler:
             seq = self.source.fetch(r.name, start, start + length)
             if n_fraction(seq) <= self.max_n_frac:
                 return Window(r.name, start, start + length), seq
-        raise ValueError(f"{self._where}: no window of {length} bases with at most "
+        raise ValueError(f"{self.where}: no window of {length} bases with at most "
                          f"{self.max_n_frac:.0%} N found in {self.max_tries} draws")
 
 
@@ -159,9 +159,10 @@ class GenomeWindows:
         seqs = []
         for _ in range(batch_size):
             win, seq = self.sampler.sample(rng, seq_len)
+            ids = self.tokenizer.encode(seq, source=f"{self.sampler.where}:{win.name}:{win.start}")
             if self.rc_augment and rng.random() < 0.5:
-                seq = reverse_complement(seq)
-            seqs.append(self.tokenizer.encode(seq, source=f"{win.name}:{win.start}"))
+                ids = self.tokenizer.reverse_complement_ids(ids)
+            seqs.append(ids)
         ids = torch.stack(seqs)                                           # (B, L)
         if self.objective == "mlm":
             inputs, labels = mlm_mask(ids, rng, self.tokenizer)
@@ -213,26 +214,30 @@ class SpeciesWindows:
         return [[(str(getattr(s.source, "path", "")), r) for s in samplers for r in s.regions]
                 for samplers in self.samplers[split]]
 
+    def _encode(self, sampler, win, seq):
+        return self.tokenizer.encode(seq, source=f"{sampler.where}:{win.name}:{win.start}")
+
     def _draw(self, rng, split, label, seq_len):
+        """(sampler, window, bases) of one window of class ``label`` from ``split``."""
         samplers = self.samplers[split][label]
         if not samplers:
             raise ValueError(f"species {self.classes[label]!r} has no {split} region")
         sizes = np.array([sum(r.end - r.start for r in s.regions) for s in samplers], float)
         sampler = samplers[rng.choice(len(samplers), p=sizes / sizes.sum())]
-        return sampler.sample(rng, seq_len)
+        return (sampler, *sampler.sample(rng, seq_len))
 
     def get_batch(self, step: int, seq_len: int, batch_size: int, rank: int = 0,
                   world_size: int = 1, split: str = "train") -> dict:
         """{"input_ids": (B, L) long, "labels": (B,) long}; RC augmentation on train."""
         rng = np.random.default_rng([self.seed, step, rank])
         labels = rng.integers(0, len(self.classes), size=batch_size)
-        seqs = []
+        rows = []
         for label in labels:
-            win, seq = self._draw(rng, split, int(label), seq_len)
+            ids = self._encode(*self._draw(rng, split, int(label), seq_len))
             if split == "train" and self.rc_augment and rng.random() < 0.5:
-                seq = reverse_complement(seq)
-            seqs.append(seq)
-        ids = torch.stack([self.tokenizer.encode(s) for s in seqs])          # (B, L)
+                ids = self.tokenizer.reverse_complement_ids(ids)
+            rows.append(ids)
+        ids = torch.stack(rows)                                              # (B, L)
         return {"input_ids": ids, "labels": torch.from_numpy(labels).long()}
 
     def fixed_windows(self, split: str, seq_len: int, per_class: int
@@ -247,6 +252,6 @@ class SpeciesWindows:
         seqs, labels = [], []
         for label in range(len(self.classes)):
             for _ in range(per_class):
-                seqs.append(self._draw(rng, split, label, seq_len)[1])
+                seqs.append(self._draw(rng, split, label, seq_len)[2])
                 labels.append(label)
         return seqs, np.array(labels, dtype=np.int64)

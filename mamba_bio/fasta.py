@@ -129,19 +129,8 @@ class Genome:
     def fetch(self, name: str, start: int = 0, end: int | None = None, strand: str = "+") -> str:
         """Bases [start, end) of record ``name`` (end None = to the end); strand "-" gives
         the reverse complement of the same stretch."""
-        length = self._length(name)
-        end = length if end is None else end
-        if not 0 <= start <= end <= length:
-            raise ValueError(f"{self.path}:{name}: interval [{start}, {end}) outside the "
-                             f"record (length {length})")
-        seq = self._fa[name][start:end]
-        return _stranded(seq, strand, f"{self.path}:{name}:{start}")
-
-    def _length(self, name):
-        if name not in self.lengths:
-            raise KeyError(f"{self.path}: no record named {name!r} "
-                           f"(records: {', '.join(self.names[:10])}{' ...' * (len(self.names) > 10)})")
-        return self.lengths[name]
+        end = _check_interval(self.path, self.lengths, name, start, end)
+        return _stranded(self._fa[name][start:end], strand, f"{self.path}:{name}:{start}")
 
 
 class Records:
@@ -177,13 +166,21 @@ class Records:
 
     def fetch(self, name: str, start: int = 0, end: int | None = None, strand: str = "+") -> str:
         """Bases [start, end) of record ``name``, reverse-complemented on strand "-"."""
-        if name not in self._seqs:
-            raise KeyError(f"{self.path}: no record named {name!r}")
-        end = self.lengths[name] if end is None else end
-        if not 0 <= start <= end <= self.lengths[name]:
-            raise ValueError(f"{self.path}:{name}: interval [{start}, {end}) outside the "
-                             f"record (length {self.lengths[name]})")
+        end = _check_interval(self.path, self.lengths, name, start, end)
         return _stranded(self._seqs[name][start:end], strand, f"{self.path}:{name}:{start}")
+
+
+def _check_interval(path, lengths: dict, name: str, start: int, end: int | None) -> int:
+    """Raise naming the file and record unless [start, end) lies in record ``name``;
+    returns ``end`` (the record's length when None)."""
+    if name not in lengths:
+        shown = ", ".join(list(lengths)[:10]) + (" ..." if len(lengths) > 10 else "")
+        raise KeyError(f"{path}: no record named {name!r} (records: {shown})")
+    end = lengths[name] if end is None else end
+    if not 0 <= start <= end <= lengths[name]:
+        raise ValueError(f"{path}:{name}: interval [{start}, {end}) outside the record "
+                         f"(length {lengths[name]})")
+    return end
 
 
 def _stranded(seq: str, strand: str, where: str) -> str:

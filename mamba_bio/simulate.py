@@ -22,7 +22,8 @@ from scipy.linalg import expm
 BASES = np.array(list("ACGT"))
 # Default tree (Newick, branch lengths in substitutions per site): two clades with a known
 # closest pair (ape_a, ape_b).
-DEFAULT_TREE = "((ape_a:0.02,ape_b:0.03):0.05,ape_c:0.08,((mouse:0.06,rat:0.07):0.05,cow:0.11):0.04);"
+DEFAULT_TREE = ("((ape_a:0.02,ape_b:0.03):0.05,ape_c:0.08,"
+                "((mouse:0.06,rat:0.07):0.05,cow:0.11):0.04);")
 
 
 def hky_rate_matrix(pi=(0.25, 0.25, 0.25, 0.25), kappa: float = 2.0) -> np.ndarray:

@@ -71,7 +71,7 @@ class CharTokenizer:
             if uppercase:
                 lut[ord(ch.lower())] = tid
         self._lut = lut
-        self._allowed = ("A C G T N" if strict else "A C G T N and IUPAC codes R Y S W K M B D H V") \
+        self._allowed = "A C G T N" + ("" if strict else " and IUPAC codes R Y S W K M B D H V") \
             + (", either case" if uppercase else ", uppercase")
 
     @property

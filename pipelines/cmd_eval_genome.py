@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 
-import torch
 from tqdm.auto import tqdm
 
 import core
+import mamba_bio.heads  # noqa: F401  (registers MaskedLM: an mlm model gets a clear error)
 from mamba_bio.bed import read_bed
 from mamba_bio.fasta import Window, open_sequences
 from mamba_bio.metrics import lm_metrics, lm_nll

@@ -16,12 +16,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 import core
 from mamba_bio.bed import read_bed
-from mamba_bio.datasets import GenomeWindows, mlm_mask, split_regions
+from mamba_bio.datasets import GenomeWindows, split_regions
 from mamba_bio.fasta import open_sequences
 from mamba_bio.heads import MaskedLM
 from mamba_bio.metrics import best_markov_perplexity, lm_metrics, lm_nll

@@ -86,3 +86,10 @@ def test_mlm_mask_rates_and_labels():
     masked = (inputs == tok.mask_id).float().sum() / chosen.sum()
     assert abs(masked.item() - 0.8) < 0.03
     assert (inputs[~chosen] == ids[~chosen]).all()
+
+
+def test_unknown_base_in_a_genome_names_file_record_and_position(tmp_path):
+    path = write_fasta(tmp_path / "x.fa", {"chr1": "ACGT" * 10 + "X" + "ACGT" * 10})
+    ds = GenomeWindows(Records(path), [Window("chr1", 40, 81)], rc_augment=False)
+    with pytest.raises(ValueError, match=r"unknown base 'X' at position 0 in .*x\.fa:chr1:40"):
+        ds.get_batch(0, 41, 1)

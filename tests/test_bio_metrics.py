@@ -38,7 +38,8 @@ def test_kmer_baseline_separates_compositions(tmp_path):
     genomes = {name: ["".join(rng.choice(list("ACGT"), size=20_000, p=p))]
                for name, p in {"at_rich": (0.3, 0.2, 0.2, 0.3),
                                "gc_rich": (0.2, 0.3, 0.3, 0.2)}.items()}
-    ds = SpeciesWindows({k: [Records(p)] for k, p in write_species_fastas(tmp_path, genomes).items()})
+    files = write_species_fastas(tmp_path, genomes)
+    ds = SpeciesWindows({k: [Records(p)] for k, p in files.items()})
     x_tr, y_tr = ds.fixed_windows("train", 300, 40)
     x_te, y_te = ds.fixed_windows("test", 300, 40)
     assert (kmer_baseline(x_tr, y_tr, x_te, k=2) == y_te).mean() > 0.9

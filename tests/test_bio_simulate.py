@@ -23,7 +23,8 @@ def test_rate_matrix_properties(q):
 
 
 def p_distance(a, b):
-    return float(np.mean(np.frombuffer(a.encode(), np.uint8) != np.frombuffer(b.encode(), np.uint8)))
+    a, b = (np.frombuffer(s.encode(), np.uint8) for s in (a, b))
+    return float(np.mean(a != b))
 
 
 def test_closest_pair_and_expected_divergence():
