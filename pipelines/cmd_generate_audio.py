@@ -3,7 +3,8 @@
     mambaseq generate-audio --model runs/audio/model --n 16 --seconds 1 --out gen/ \
         [--prime clip.wav --prime-seconds 0.25] [--temperature 1 --top-p 0.95] [--seed 0]
 
-Writes ``<out>/sample_000.wav``... at the model's rate and prints one JSON object with the
+Writes ``<out>/sample_000.wav``... at the model's rate, ``<out>/spectrograms.png`` (the
+first clips, beside ``--compare`` real clips when given), and prints one JSON object with the
 speed (``samples_per_second``, all clips together) and ``slowdown_last_vs_first``, the
 time per step of the last 1000 steps over the first 1000 (about 1: the cost of a step does
 not grow with the length generated).
@@ -11,6 +12,7 @@ not grow with the length generated).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -36,6 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="keep the k likeliest classes")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same clips")
+    parser.add_argument("--compare", metavar="FILE", nargs="*", default=(),
+                        help="real clips drawn beside the generated ones in spectrograms.png")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch; a step's ops are tiny, so 1 is usually "
@@ -57,6 +61,9 @@ def run(args):
     result = generate(model, args.n, n_samples, args.temperature, args.top_k, args.top_p,
                       prime=prime, seed=args.seed)
     paths = save_clips(result.tokens, model.quantizer, rate, args.out)
+    plot_spectrograms([("generated", p) for p in paths[:2]]
+                      + [("real", p) for p in args.compare], rate, paths[0].parent /
+                      "spectrograms.png")
     steps = result.step_seconds
     window = min(1000, len(steps) // 2) or 1
     print(json.dumps({
@@ -65,3 +72,24 @@ def run(args):
         "samples_per_second": round(result.samples_per_second, 1),
         "slowdown_last_vs_first": round(float(steps[-window:].mean() / steps[:window].mean()),
                                         3)}))
+
+
+def plot_spectrograms(clips: list[tuple[str, str]], sample_rate: int, out_png) -> Path:
+    """One spectrogram per (title, audio file), side by side, at ``sample_rate``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(clips), figsize=(4 * len(clips), 3), squeeze=False)
+    for ax, (title, path) in zip(axes[0], clips):
+        wav, _ = load_audio(path, sample_rate=sample_rate)
+        nfft = 256 if len(wav) >= 1024 else 32          # a very short clip: coarser bins
+        ax.specgram(wav.numpy(), Fs=sample_rate, NFFT=nfft, noverlap=nfft * 3 // 4,
+                    cmap="magma")
+        ax.set_title(f"{title}: {Path(path).name}", fontsize=8)
+        ax.set_xlabel("s")
+    axes[0][0].set_ylabel("Hz")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)

@@ -52,12 +52,13 @@ def test_jobs_end_to_end_on_demo_audio(tmp_path, capsys):
     prime = data / "0_spk0_0.wav"
     assert cli.main(["generate-audio", "--model", str(run / "model"), "--out", str(gen),
                      "--n", "2", "--seconds", "0.01", "--prime", str(prime),
-                     "--prime-seconds", "0.005", "--seed", "3"]) == 0
+                     "--prime-seconds", "0.005", "--seed", "3", "--compare", str(prime)]) == 0
     report = _last_json(capsys.readouterr().out)
     assert report["samples_per_second"] > 0 and report["primed_samples"] == 40
     for path in report["files"]:
         info = sf.info(path)
         assert info.samplerate == 8000 and info.frames == 40 + 80
+    assert (gen / "spectrograms.png").stat().st_size > 0
     first = sf.read(report["files"][0])[0]
     assert cli.main(["generate-audio", "--model", str(run / "model"), "--out", str(gen),
                      "--n", "2", "--seconds", "0.01", "--prime", str(prime),
