@@ -153,5 +153,5 @@ def load_pretrained(directory, device="cpu"):
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: weights missing")
-    missing, unexpected = load_model(model, str(weights), strict=True)
+    load_model(model, str(weights), strict=True)    # raises on missing or unexpected keys
     return model.to(device).eval()
