@@ -54,3 +54,12 @@ def test_command_line_writes_indexable_fastas(tmp_path, capsys):
     g = Genome(tmp_path / "x.fa", cache_dir=tmp_path / "cache")
     assert g.lengths == {"chr1": 500, "chr2": 500}
     assert "y\t" in capsys.readouterr().out
+
+
+def test_composition_drift_is_lineage_specific():
+    gc = {name: np.mean([c in "GC" for c in chroms[1]])
+          for name, chroms in simulate_genomes("(a:1.0,b:1.0);", length=5000, n_chromosomes=2,
+                                               composition_sd=1.5, seed=0).items()}
+    homogeneous = simulate_genomes("(a:1.0,b:1.0);", length=5000, n_chromosomes=2, seed=0)
+    flat = {name: np.mean([c in "GC" for c in chroms[1]]) for name, chroms in homogeneous.items()}
+    assert abs(gc["a"] - gc["b"]) > 3 * abs(flat["a"] - flat["b"])
