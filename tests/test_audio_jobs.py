@@ -117,10 +117,10 @@ def test_eval_audio_of_a_million_samples_in_bounded_memory(tmp_path):
 def test_fsdd_train_and_eval_on_unseen_speaker(shared_data, tmp_path, capsys):
     fsdd = shared_data / "speech" / "fsdd"
     run = tmp_path / "run"
-    assert cli.main(["train-audio", "--data", str(fsdd), "--out", str(run), "--steps", "20",
+    assert cli.main(["train-audio", "--data", str(fsdd), "--out", str(run), "--steps", "60",
                      "--test-speakers", "theo", "--preset", "tiny", "--seq-len", "512",
-                     "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "5",
-                     "--eval-every", "20", "--val-batches", "2", "--device", "cpu"]) == 0
+                     "--batch-size", "4", "--lr", "5e-3", "--warmup-steps", "5",
+                     "--eval-every", "60", "--val-batches", "2", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert cli.main(["eval-audio", "--model", str(run / "model"), "--data", str(fsdd),
                      "--subset", "test", "--test-speakers", "theo", "--max-files", "40"]) == 0
