@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-import mamba_audio.pooling  # noqa: F401  (registers the "sashimi" pooling in core)
 from core import MambaState
 from core.multiscale import MultiscaleBackbone
 from core.pretrained import PretrainedMixin
 
+from . import pooling  # noqa: F401  (registers the "sashimi" pooling in core)
 from .metrics import nll_bits
 from .quantize import Quantizer
 

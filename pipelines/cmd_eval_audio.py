@@ -19,6 +19,7 @@ from mamba_audio.datasets import AudioClips, find_audio_files
 from mamba_audio.model import AudioLM, stream_nll_bits
 
 from .cmd_train_audio import add_data_args, split_from_args
+from .distributed import resolve_device
 
 HELP = "score held-out audio with a trained model: NLL in bits per sample (JSON)"
 
@@ -44,8 +45,7 @@ def add_arguments(parser) -> None:
 def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     model = AudioLM.from_pretrained(args.model, device=device).eval()
     files = split_from_args(args)[1] if args.subset == "test" else find_audio_files(args.data)
     if args.max_files and args.max_files < len(files):

@@ -20,6 +20,8 @@ from mamba_audio.io import load_audio
 from mamba_audio.model import AudioLM
 from mamba_audio.sampler import generate, save_clips
 
+from .distributed import resolve_device
+
 HELP = "generate audio clips from a trained model (wav files + samples/s)"
 
 
@@ -49,8 +51,7 @@ def add_arguments(parser) -> None:
 def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     model = AudioLM.from_pretrained(args.model, device=device).eval()
     rate = model.sample_rate
     prime = None

@@ -21,7 +21,7 @@ from mamba_audio.datasets import (FSDD_SPEAKER_REGEX, SPLIT_BY, AudioClips, find
                                   speakers_from_csv, speakers_from_regex, split_files)
 from mamba_audio.io import NORMALIZE, load_audio
 from mamba_audio.model import PRESETS, AudioLM
-from mamba_audio.quantize import KINDS, Quantizer
+from mamba_audio.quantize import KINDS
 
 from .options import TrainConfig, add_training_args
 from .trainer import seed_everything, train
@@ -106,9 +106,8 @@ def run(args):
     if cfg.seq_len % model.total_pool:
         raise ValueError(f"--seq-len {cfg.seq_len} must be a multiple of {model.total_pool} "
                          "(the product of the pooling factors)")
-    quantizer = Quantizer(args.quantizer, args.bits)
-    train_clips = AudioClips.from_files(train_files, rate, quantizer, args.normalize)
-    test_clips = AudioClips.from_files(test_files, rate, quantizer, args.normalize)
+    train_clips = AudioClips.from_files(train_files, rate, model.quantizer, args.normalize)
+    test_clips = AudioClips.from_files(test_files, rate, model.quantizer, args.normalize)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "split.json").write_text(json.dumps(

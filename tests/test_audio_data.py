@@ -1,5 +1,4 @@
 """mamba_audio data side: quantisers, file I/O, folders and splits, demo audio, NLL metrics."""
-import math
 
 import numpy as np
 import pytest
