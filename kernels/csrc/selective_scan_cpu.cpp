@@ -24,6 +24,8 @@
 namespace {
 
 constexpr int64_t kMaxState = 256;
+constexpr int64_t kLanes = 8;   // channels advanced together, one per SIMD lane
+constexpr int64_t kTile = 64;   // time steps staged per tile in the forward
 
 // exp(x), relative error ~1e-7, written so that loops over n vectorize (no libm call):
 // x = (i + f) ln 2 with i integer and |f| <= 1/2; 2^f by a degree-6 polynomial fitted on
@@ -49,8 +51,34 @@ inline float fast_exp(float x) {
 }
 inline double fast_exp(double x) { return std::exp(x); }
 
-template <typename T>
-inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
+// log(x) for normal x > 0, relative error ~1e-7, vectorisable: x = m 2^k with
+// m in [sqrt(1/2), sqrt(2)), log m = 2 atanh((m - 1) / (m + 1)) by its odd series.
+inline float fast_log(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  int32_t k = ((bits >> 23) & 0xff) - 127;
+  bits = (bits & 0x007fffff) | 0x3f800000;             // m in [1, 2)
+  float m;
+  std::memcpy(&m, &bits, sizeof(m));
+  const bool high = m > 1.41421356f;
+  m = high ? 0.5f * m : m;
+  k = high ? k + 1 : k;
+  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+  float p = s2 * (1.0f / 9.0f) + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  p = p * s2 + 1.0f;
+  return 2.0f * s * p + static_cast<float>(k) * 0.693147180559945f;
+}
+
+// softplus(x) = log(1 + e^x), vectorisable; e^x alone where 1 + e^x would round it away.
+inline float fast_softplus(float x) {
+  const float w = fast_exp(x);
+  const float small = w * (1.0f - 0.5f * w);
+  return x > 20.0f ? x : (w < 1e-4f ? small : fast_log(1.0f + w));
+}
+inline double fast_softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+
 template <typename T>
 inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
@@ -65,42 +93,83 @@ struct ScanArgs {
 
 template <typename T>
 T step_dt(const ScanArgs<T>& a, T raw) {
-  return a.softplus ? softplus(raw) : raw;
+  return a.softplus ? fast_softplus(raw) : raw;
 }
 
+// Forward of up to kLanes channels [e0, e0 + width) of one group, one channel per SIMD
+// lane: the group's B_t, C_t are broadcast, every per-step scalar (softplus, gate) is
+// vectorised across lanes, and kTile steps of u/delta/z/y are staged time-major.
 template <typename T>
-void forward_channel(const ScanArgs<T>& a, int64_t b, int64_t e, T* y, T* hT, T* ckpt) {
+void forward_block(const ScanArgs<T>& a, int64_t b, int64_t e0, int64_t width, T* y, T* hT,
+                   T* ckpt) {
   const int64_t N = a.d_state, L = a.length;
-  const int64_t be = b * a.d_inner + e;
-  const T* u = a.u + be * L;
-  const T* dl = a.delta + be * L;
-  const T* z = a.has_z ? a.z + be * L : nullptr;
-  const int64_t g = a.group_of(e);
+  const int64_t g = a.group_of(e0);
   const T* Bm = a.Bm + (b * a.groups + g) * L * N;
   const T* Cm = a.Cm + (b * a.groups + g) * L * N;
-  const T* A = a.A + e * N;
-  const T Dv = a.D[e], bias = a.bias[e];
-  T h[kMaxState];
-  for (int64_t n = 0; n < N; ++n) h[n] = a.h0[be * N + n];
-  for (int64_t t = 0; t < L; ++t) {
-    if (ckpt != nullptr && t % a.chunk == 0) {
-      std::memcpy(ckpt + (be * a.n_chunks() + t / a.chunk) * N, h, N * sizeof(T));
-    }
-    const T dt = step_dt(a, dl[t] + bias);
-    const T dtu = dt * u[t];
-    const T* Bt = Bm + t * N;
-    const T* Ct = Cm + t * N;
-    T acc = T(0);
-#pragma omp simd reduction(+ : acc)
+  alignas(64) T A[kMaxState][kLanes], h[kMaxState][kLanes];
+  alignas(64) T u[kTile][kLanes], dt[kTile][kLanes], gate[kTile][kLanes], out[kTile][kLanes];
+  T Dv[kLanes], bias[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) {
+    const bool on = j < width;
+    const int64_t e = e0 + j, be = b * a.d_inner + e;
+    Dv[j] = on ? a.D[e] : T(0);
+    bias[j] = on ? a.bias[e] : T(0);
     for (int64_t n = 0; n < N; ++n) {
-      h[n] = fast_exp(dt * A[n]) * h[n] + dtu * Bt[n];
-      acc += h[n] * Ct[n];
+      A[n][j] = on ? a.A[e * N + n] : T(0);
+      h[n][j] = on ? a.h0[be * N + n] : T(0);
     }
-    T out = acc + Dv * u[t];
-    if (z != nullptr) out *= z[t] * sigmoid(z[t]);
-    y[be * L + t] = out;
   }
-  std::memcpy(hT + be * N, h, N * sizeof(T));
+  for (int64_t t0 = 0; t0 < L; t0 += kTile) {
+    const int64_t steps = std::min(kTile, L - t0);
+    for (int64_t j = 0; j < kLanes; ++j) {  // stage (lane, time) -> (time, lane)
+      const int64_t off = (b * a.d_inner + e0 + j) * L + t0;
+      for (int64_t s = 0; s < steps; ++s) {
+        const bool on = j < width;
+        u[s][j] = on ? a.u[off + s] : T(0);
+        dt[s][j] = on ? a.delta[off + s] : T(0);
+        gate[s][j] = on && a.has_z ? a.z[off + s] : T(0);
+      }
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const T raw = dt[s][j] + bias[j];
+        dt[s][j] = a.softplus ? fast_softplus(raw) : raw;
+        gate[s][j] = a.has_z ? gate[s][j] / (T(1) + fast_exp(-gate[s][j])) : T(1);
+      }
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = t0 + s;
+      if (ckpt != nullptr && t % a.chunk == 0) {
+        for (int64_t j = 0; j < width; ++j) {
+          T* dst = ckpt + ((b * a.d_inner + e0 + j) * a.n_chunks() + t / a.chunk) * N;
+          for (int64_t n = 0; n < N; ++n) dst[n] = h[n][j];
+        }
+      }
+      const T* Bt = Bm + t * N;
+      const T* Ct = Cm + t * N;
+      alignas(64) T acc[kLanes] = {};
+      alignas(64) T dtu[kLanes];
+      for (int64_t j = 0; j < kLanes; ++j) dtu[j] = dt[s][j] * u[s][j];
+      for (int64_t n = 0; n < N; ++n) {
+        const T bn = Bt[n], cn = Ct[n];
+#pragma omp simd
+        for (int64_t j = 0; j < kLanes; ++j) {
+          h[n][j] = fast_exp(dt[s][j] * A[n][j]) * h[n][j] + dtu[j] * bn;
+          acc[j] += h[n][j] * cn;
+        }
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) out[s][j] = (acc[j] + Dv[j] * u[s][j]) * gate[s][j];
+    }
+    for (int64_t j = 0; j < width; ++j) {
+      T* dst = y + (b * a.d_inner + e0 + j) * L + t0;
+      for (int64_t s = 0; s < steps; ++s) dst[s] = out[s][j];
+    }
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    for (int64_t n = 0; n < N; ++n) hT[(b * a.d_inner + e0 + j) * N + n] = h[n][j];
+  }
 }
 
 // Gradients of one channel. dB/dC go to this thread's accumulators (B, G, L, N);
@@ -216,9 +285,14 @@ std::vector<torch::Tensor> scan_fwd(torch::Tensor u, torch::Tensor delta, torch:
     scalar_t* yp = y.data_ptr<scalar_t>();
     scalar_t* hp = hT.data_ptr<scalar_t>();
     scalar_t* cp = save_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, a.batch * a.d_inner, 1, [&](int64_t begin, int64_t end) {
+    const int64_t per_group = a.d_inner / a.groups;
+    const int64_t blocks_per_group = (per_group + kLanes - 1) / kLanes;
+    at::parallel_for(0, a.batch * a.groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        forward_channel(a, i / a.d_inner, i % a.d_inner, yp, hp, cp);
+        const int64_t b = i / (a.groups * blocks_per_group);
+        const int64_t g = (i / blocks_per_group) % a.groups;
+        const int64_t first = (i % blocks_per_group) * kLanes;
+        forward_block(a, b, g * per_group + first, std::min(kLanes, per_group - first), yp, hp, cp);
       }
     });
   });
