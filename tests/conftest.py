@@ -1,7 +1,9 @@
-"""Shared fixtures: the real data in ../shared/data (skipped with a reason when absent)."""
+"""Shared fixtures: the real data in ../shared/data (skipped with a reason when absent), and
+a seeded single-thread setting for tests of tiny models."""
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -12,3 +14,14 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (see shared/data/README.md)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def seeded_one_thread():
+    """Seed torch and run on one thread: tiny models gain nothing from threads, and on a
+    shared 2-core machine step-by-step loops with two OpenMP threads run about 20x slower."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

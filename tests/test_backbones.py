@@ -14,15 +14,7 @@ from core.bimamba import reverse_within
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box step-by-step loops
-    with 2 OpenMP threads run 20x slower than with one."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
 
 def _padded_pair(length=40, short=27):

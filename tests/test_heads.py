@@ -10,15 +10,7 @@ V, D = 6, 16
 COMPLEMENT = [3, 2, 1, 0, 4, 5]          # A C G T <-> T G C A; N and PAD map to themselves
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box step-by-step loops
-    with 2 OpenMP threads run 20x slower than with one."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
 
 def _rc_ids(ids, lengths):

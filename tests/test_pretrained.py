@@ -14,13 +14,7 @@ from core import (BiMambaBackbone, MambaBackbone, MambaLM, MultiscaleBackbone,
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
 
 
 MODELS = {
