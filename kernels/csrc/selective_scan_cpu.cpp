@@ -130,13 +130,22 @@ void forward_block(const ScanArgs<T>& a, int64_t b, int64_t e0, int64_t width, T
         gate[s][j] = on && a.has_z ? a.z[off + s] : T(0);
       }
     }
-    for (int64_t s = 0; s < steps; ++s) {
+    T* dt_flat = &dt[0][0];      // (steps * kLanes,) views of the staged tiles
+    T* gate_flat = &gate[0][0];
+    const int64_t count = steps * kLanes;
+    if (a.softplus) {
 #pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const T raw = dt[s][j] + bias[j];
-        dt[s][j] = a.softplus ? fast_softplus(raw) : raw;
-        gate[s][j] = a.has_z ? gate[s][j] / (T(1) + fast_exp(-gate[s][j])) : T(1);
+      for (int64_t k = 0; k < count; ++k) dt_flat[k] = fast_softplus(dt_flat[k] + bias[k % kLanes]);
+    } else {
+      for (int64_t k = 0; k < count; ++k) dt_flat[k] += bias[k % kLanes];
+    }
+    if (a.has_z) {
+#pragma omp simd
+      for (int64_t k = 0; k < count; ++k) {
+        gate_flat[k] = gate_flat[k] / (T(1) + fast_exp(-gate_flat[k]));  // silu(z)
       }
+    } else {
+      for (int64_t k = 0; k < count; ++k) gate_flat[k] = T(1);
     }
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
