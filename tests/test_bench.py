@@ -1,0 +1,134 @@
+"""Benchmarks: the baseline Transformer, the fused Mamba step, and the bench plumbing.
+
+Nothing here is timed as a pass/fail criterion; the plumbing runs on tiny sizes.
+"""
+import json
+
+import pytest
+import torch
+
+from bench.report import loglog_slope, markdown_table, time_call
+from bench.transformer import TransformerLM, count_parameters, matched_transformer
+from core import MambaLM
+from core.fast_step import FastStepper, fast_generate
+from pipelines.cli import main as cli_main
+
+
+def perturbed_lm(vocab=16, d_model=32, n_layer=2, seed=0, **kw):
+    """A MambaLM whose weights are all off their init (so folded norms/biases matter)."""
+    torch.manual_seed(seed)
+    lm = MambaLM(vocab, d_model, n_layer, **kw).eval()
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return lm
+
+
+@pytest.mark.parametrize("d_model,n_layer", [(64, 2), (128, 4), (256, 8)])
+def test_matched_transformer_parameter_count(d_model, n_layer):
+    lm = MambaLM(16, d_model, n_layer)
+    tf = matched_transformer(lm)
+    assert tf.config.d_model == d_model
+    assert abs(count_parameters(tf) / count_parameters(lm) - 1) < 0.03
+
+
+def test_kv_cache_generation_equals_full_forward():
+    torch.manual_seed(0)
+    tf = TransformerLM(16, 32, 2, n_head=2, d_mlp=64).eval()
+    ids = torch.randint(0, 16, (3, 30))
+    with torch.no_grad():
+        full = tf(ids)
+        cache = tf.allocate_cache(3, max_len=32)
+        prefill = tf(ids[:, :10], cache=cache)          # causal prefill
+        chunk = tf(ids[:, 10:18], cache=cache)          # chunk after a prefix (masked)
+        steps = torch.stack([tf.step(ids[:, t], cache) for t in range(18, 30)], 1)
+    assert cache.length == 30
+    torch.testing.assert_close(torch.cat([prefill, chunk, steps], 1), full,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_is_causal():
+    torch.manual_seed(0)
+    tf = TransformerLM(16, 32, 1, n_head=2, d_mlp=64).eval()
+    ids = torch.randint(0, 16, (1, 12))
+    changed = ids.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 16
+    with torch.no_grad():
+        torch.testing.assert_close(tf(ids)[:, :8], tf(changed)[:, :8])
+
+
+def test_kv_cache_overflow_is_an_error():
+    tf = TransformerLM(16, 32, 1, n_head=2, d_mlp=64)
+    cache = tf.allocate_cache(1, max_len=4)
+    with pytest.raises(ValueError, match="KV cache holds 4"):
+        tf(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("d_conv,bias", [(4, False), (3, True)])
+def test_fast_step_equals_mamba_step(batch, d_conv, bias):
+    lm = perturbed_lm(d_conv=d_conv)
+    if bias:  # in/out_proj biases exist only when asked for; give the fused path some
+        for blk in lm.backbone.layers:
+            m = blk.mixer
+            m.in_proj.bias = torch.nn.Parameter(torch.randn(m.in_proj.out_features) * 0.1)
+            m.out_proj.bias = torch.nn.Parameter(torch.randn(m.out_proj.out_features) * 0.1)
+    cache = lm.allocate_cache(batch)
+    fast = FastStepper(lm, batch)
+    ids = torch.randint(0, 16, (batch, 25))
+    with torch.no_grad():
+        for t in range(25):
+            torch.testing.assert_close(fast.step(ids[:, t]), lm.step(ids[:, t], cache),
+                                       atol=1e-5, rtol=1e-4)
+    for mine, ref in zip(fast.state(), cache):
+        torch.testing.assert_close(mine.ssm, ref.ssm, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(mine.conv, ref.conv, atol=1e-5, rtol=1e-4)
+
+
+def test_fast_step_continues_from_a_forward_state():
+    lm = perturbed_lm()
+    ids = torch.randint(0, 16, (2, 40))
+    with torch.no_grad():
+        full = lm(ids)
+        _, state = lm(ids[:, :30], return_state=True)
+        fast = FastStepper(lm, 2)
+        fast.load_state(state)
+        stepped = torch.stack([fast.step(ids[:, t]) for t in range(30, 40)], 1)
+    torch.testing.assert_close(stepped, full[:, 30:], atol=1e-4, rtol=1e-4)
+
+
+def test_fast_generate_equals_generate():
+    lm = perturbed_lm()
+    prompt = torch.randint(0, 16, (2, 7))
+    a = lm.generate(prompt, 20, temperature=0.0)
+    b = fast_generate(lm, prompt, 20, temperature=0.0)
+    assert torch.equal(a, b)
+
+
+def test_report_helpers():
+    t = time_call(lambda: None, repeats=3, warmup=1)
+    assert len(t["raw_s"]) == 3 and t["median_s"] >= 0
+    assert loglog_slope([1, 2, 4, 8], [3, 6, 12, 24]) == pytest.approx(1.0)
+    assert markdown_table(["a", "b"], [[1, 0.5]]).splitlines()[2] == "| 1 | 0.5 |"
+
+
+def test_bench_all_smoke_writes_json_markdown_png(tmp_path):
+    assert cli_main(["bench", "all", "--smoke", "--out", str(tmp_path)]) == 0
+    for name in ("scan", "train", "generate", "scaling"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["meta"]["torch"] == torch.__version__
+        assert "load_average_1_5_15" in data["meta"]
+        assert (tmp_path / f"{name}.md").read_text().startswith("###")
+    gen = json.loads((tmp_path / "generate.json").read_text())
+    assert {r["model"] for r in gen["rows"]} == {"mamba_step", "mamba_fused", "transformer_kv"}
+    assert all(len(r["raw_s"]) == r["repeats"] for r in gen["rows"])
+    assert "| context | batch |" in (tmp_path / "generate.md").read_text()
+    train = json.loads((tmp_path / "train.json").read_text())
+    assert {r["model"] for r in train["rows"]} == {"mamba", "transformer"}
+    assert all(r["tokens_per_s"] > 0 for r in train["rows"])
+    scaling = json.loads((tmp_path / "scaling.json").read_text())
+    assert set(scaling["slopes"]) == {"backbone_time", "backbone_memory", "embed_time",
+                                      "embed_memory"}
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "README.md").exists()
+    assert json.loads((tmp_path / "config.json").read_text())["which"] == "all"
