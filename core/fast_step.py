@@ -45,7 +45,7 @@ class _Layer:
         self.E, self.N, self.R, self.K = E, N, R, K
         self.eps = blk.norm.eps
         with torch.no_grad():
-            f = dict(dtype=torch.float32)
+            f = dict(dtype=torch.float32, device=m.A_log.device)
             # in_proj(norm(r) * w): fold the RMSNorm weight into the columns of in_proj.
             self.w_in = (m.in_proj.weight.float() * blk.norm.weight.float()).t().contiguous()  # (D, 2E)
             self.b_in = None if m.in_proj.bias is None else m.in_proj.bias.float().clone()
@@ -103,6 +103,7 @@ class _Layer:
         torch.mm(self.xc, self.w_x, out=self.dbc)
         dt_r, Bm, Cm = self.dbc[:, :R], self.dbc[:, R:R + N], self.dbc[:, R + N:]
         torch.addmm(self.b_dt, dt_r, self.w_dt, out=self.dt)
+        # F.softplus has no out=; the ATen op behind it does (beta 1, threshold 20 as F.softplus).
         torch._C._nn.softplus(self.dt, 1.0, 20.0, out=self.dt)                          # (B, E)
         # state = state * exp(dt A) + (dt x) B;  y = state C + D x, gated by silu(z).
         torch.mul(self.dt.unsqueeze(-1), self.A, out=self.dA).exp_()                    # (B, E, N)
@@ -139,8 +140,8 @@ class FastStepper:
         self.norm_eps = bb.norm_f.eps
         self.w_head = (self.embedding * bb.norm_f.weight.detach().float()).t().contiguous()  # (D, V)
         D = self.embedding.shape[1]
-        self.residual = torch.zeros(batch_size, D)
-        self.ms = torch.zeros(batch_size, 1)
+        self.residual = torch.zeros(batch_size, D, device=self.embedding.device)
+        self.ms = torch.zeros(batch_size, 1, device=self.embedding.device)
         self.K = self.layers[0].K if self.layers else 1
         self.pos = 0                         # ring slot the next input is written to
 
