@@ -84,7 +84,17 @@ def time_call(fn, repeats=5, warmup=1, device="cpu"):
 
 
 def peak_rss_gb():
-    """Peak resident memory of this process so far, in GiB (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in GiB.
+
+    Linux's VmHWM, not ``getrusage``'s ru_maxrss: the latter survives exec, so a child
+    started by a big parent reports the parent's peak (seen here: 2 GB for a 0.6 GB run).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 20                    # KiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
