@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench.report import machine_info, peak_rss_gb, run_isolated, time_call, write_results
 from kernels.cpu_scan import load_cpu_extension, selective_scan_cpu
 
 E, N = 256, 16
@@ -43,21 +40,6 @@ def make_inputs(length, requires_grad=False, seed=0):
     return inputs
 
 
-def median_seconds(fn, repeats):
-    """Median wall time of fn() over `repeats` runs after one warm-up; also every raw time."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
-def peak_rss_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-
-
 def case_ratio(repeats):
     from mambapy.mamba import MambaBlock
 
@@ -67,30 +49,34 @@ def case_ratio(repeats):
     x_blk, dt_blk = x["u"].transpose(1, 2).contiguous(), x["delta"].transpose(1, 2).contiguous()
     B_blk, C_blk = x["B"].transpose(1, 2).contiguous(), x["C"].transpose(1, 2).contiguous()
     with torch.no_grad():
-        ours, ours_raw = median_seconds(lambda: selective_scan_cpu(**x), repeats)
-        theirs, theirs_raw = median_seconds(
+        ours = time_call(lambda: selective_scan_cpu(**x), repeats)
+        theirs = time_call(
             lambda: MambaBlock.selective_scan(None, x_blk, dt_blk, x["A"], B_blk, C_blk, x["D"]),
             repeats)
         diff = (selective_scan_cpu(**x) - MambaBlock.selective_scan(
             None, x_blk, dt_blk, x["A"], B_blk, C_blk, x["D"]).transpose(1, 2)).abs().max()
     updates = E * N * length
-    return dict(case="ratio", length=length, ours_s=ours, mambapy_s=theirs,
-                speedup=theirs / ours, ours_gupdates_per_s=updates / ours / 1e9,
-                mambapy_gupdates_per_s=updates / theirs / 1e9, max_abs_diff=diff.item(),
-                ours_raw_s=ours_raw, mambapy_raw_s=theirs_raw)
+    ours_s, theirs_s = ours["median_s"], theirs["median_s"]
+    return dict(case="ratio", length=length, ours_s=ours_s, mambapy_s=theirs_s,
+                speedup=theirs_s / ours_s, ours_gupdates_per_s=updates / ours_s / 1e9,
+                mambapy_gupdates_per_s=updates / theirs_s / 1e9, max_abs_diff=diff.item(),
+                ours_raw_s=ours["raw_s"], mambapy_raw_s=theirs["raw_s"])
 
 
 def case_million():
     length = 2 ** 20
     x = make_inputs(length)
     input_gb = sum(t.numel() * t.element_size() for t in x.values()) / 2 ** 30
+    rss_before_gb = peak_rss_gb()
     with torch.no_grad():
         start = time.perf_counter()
         y, h = selective_scan_cpu(**x, return_final_state=True)
         seconds = time.perf_counter() - start
-    assert torch.isfinite(y).all() and torch.isfinite(h).all()
+    peak_gb = peak_rss_gb()
+    assert torch.isfinite(y.sum()) and torch.isfinite(h).all()  # sum: no (B, E, L) temporaries
     return dict(case="million", length=length, seconds=seconds, input_gb=input_gb,
-                peak_rss_gb=peak_rss_gb(), gupdates_per_s=E * N * length / seconds / 1e9)
+                output_gb=y.numel() * y.element_size() / 2 ** 30, rss_before_scan_gb=rss_before_gb,
+                peak_rss_gb=peak_gb, gupdates_per_s=E * N * length / seconds / 1e9)
 
 
 def case_backward():
@@ -108,14 +94,14 @@ def case_backward():
 
 
 def run_in_subprocess(case):
-    out = subprocess.run([sys.executable, "-m", "bench.scan_cpu", "--single", case],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    """One of the --single cases in a fresh process, so that its peak RSS is its own."""
+    return run_isolated("bench.scan_cpu", ["--single", case])
 
 
 def markdown(meta, ratio, million, backward):
     return "\n".join([
-        f"CPU selective scan, {meta['cpu']} ({meta['threads']} threads), torch {meta['torch']}",
+        f"CPU selective scan, {meta['cpu']} ({meta['torch_threads']} threads), "
+        f"torch {meta['torch']}, load average {meta['load_average_1_5_15'][0]:.1f}",
         "",
         "| case | figure |",
         "| --- | --- |",
@@ -123,7 +109,8 @@ def markdown(meta, ratio, million, backward):
         f"{ratio['mambapy_s'] * 1e3:.0f} ms = **{ratio['speedup']:.1f}x** "
         f"({ratio['ours_gupdates_per_s']:.2f} vs {ratio['mambapy_gupdates_per_s']:.3f} G state-updates/s) |",
         f"| forward L=2^20 (E=256, N=16) | {million['seconds']:.2f} s, peak RSS "
-        f"{million['peak_rss_gb']:.2f} GB (inputs {million['input_gb']:.2f} GB) |",
+        f"{million['peak_rss_gb']:.2f} GB (inputs {million['input_gb']:.2f} GB, output "
+        f"{million['output_gb']:.2f} GB; {million['rss_before_scan_gb']:.2f} GB before the scan) |",
         f"| forward+backward L=65536 | {backward['fwd_bwd_s']:.2f} s, peak RSS "
         f"{backward['peak_rss_gb']:.2f} GB (the full state tensor would be "
         f"{backward['full_state_tensor_gb']:.2f} GB) |",
@@ -142,15 +129,12 @@ def main(argv=None):
     if args.single:
         print(json.dumps({"million": case_million, "backward": case_backward}[args.single]()))
         return 0
-    meta = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                torch=torch.__version__, python=platform.python_version())
+    meta = machine_info("cpu")
     ratio = case_ratio(args.repeats)
     million, backward = run_in_subprocess("million"), run_in_subprocess("backward")
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = dict(meta=meta, ratio=ratio, million=million, backward=backward)
-    (args.out / "scan_cpu.json").write_text(json.dumps(results, indent=2))
     table = markdown(meta, ratio, million, backward)
-    (args.out / "scan_cpu.md").write_text(table)
+    write_results(args.out, "scan_cpu", dict(meta=meta, ratio=ratio, million=million,
+                                             backward=backward), table)
     print(table)
     return 0
 

@@ -86,9 +86,7 @@ def run_scan(args):
     else:
         result["million"] = scan_cpu.run_in_subprocess("million")
         result["backward"] = scan_cpu.run_in_subprocess("backward")
-        md = "### " + scan_cpu.markdown(
-            dict(cpu=meta["cpu"], threads=meta["torch_threads"], torch=meta["torch"]),
-            ratio, result["million"], result["backward"])
+        md = "### " + scan_cpu.markdown(meta, ratio, result["million"], result["backward"])
     md += "\n" + machine_line(meta) + "\n"
     write_results(args.out, "scan", result, md)
     print(md)
