@@ -5,7 +5,8 @@
 For L = 2^12 ... 2^20 (batch 1, no gradients), each in its own process:
 - ``backbone``: ``MambaBackbone(D, 4)`` forward of a (1, L, D) input (chunked state passing
   above its chunk size, so memory stays bounded by one chunk's activations + input/output);
-- ``embed``: ``MambaLM.embed(ids, pooling="mean")``, the embedding extraction path.
+- ``embed``: ``MambaLM.embed(ids, pooling="mean")``, the embedding extraction path;
+- ``bidirectional`` (with ``--kinds``): ``BiMambaBackbone(D, 4)`` forward, chunked both ways.
 
 Memory is the peak RSS above the process's RSS just before the input is made (CPU), or the
 CUDA peak allocation. The least-squares slope of log(time) and log(memory) against log(L)
@@ -22,7 +23,7 @@ import torch
 
 from bench.report import (loglog_plot, loglog_slope, machine_info, machine_line,
                           markdown_table, peak_rss_gb, run_isolated, time_call, write_results)
-from core import MambaBackbone, MambaLM
+from core import BiMambaBackbone, MambaBackbone, MambaLM
 
 QUICK = dict(log2_lengths=[12, 13, 14, 15, 16], repeats=2)
 FULL = dict(log2_lengths=[12, 14, 16, 18, 20], repeats=3)
@@ -38,19 +39,21 @@ def case(kind, length, d_model, repeats, device):
     torch.manual_seed(0)
     if kind == "backbone":
         model = MambaBackbone(d_model, N_LAYER, device=device).eval()
+    elif kind == "bidirectional":
+        model = BiMambaBackbone(d_model, N_LAYER, device=device).eval()
     else:
         model = MambaLM(16, d_model, N_LAYER, device=device).eval()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = current_rss_gb()
-    if kind == "backbone":
+    if kind in ("backbone", "bidirectional"):
         x = torch.randn(1, length, d_model, device=device)
         fn = lambda: model(x)                                            # noqa: E731
     else:
         ids = torch.randint(0, 16, (1, length), device=device)
         fn = lambda: model.embed(ids, pooling="mean")                     # noqa: E731
-    with torch.no_grad():
-        timing = time_call(fn, repeats, device=device)
+    with torch.no_grad():  # a single timed run at a long length is not worth a warm-up run
+        timing = time_call(fn, repeats, warmup=1 if repeats > 1 else 0, device=device)
     memory = (torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda"
               else peak_rss_gb() - base)
     return dict(kind=kind, length=length, d_model=d_model, n_layer=N_LAYER,
@@ -59,22 +62,24 @@ def case(kind, length, d_model, repeats, device):
 
 
 def markdown(result):
+    kinds = result["kinds"]
     by = {}
     for r in result["rows"]:
         by.setdefault(r["length"], {})[r["kind"]] = r
-    table = [[f"2^{length.bit_length() - 1}", v["backbone"]["median_s"], v["backbone"]["memory_gb"],
-              v.get("embed", {}).get("median_s"), v.get("embed", {}).get("memory_gb")]
+    table = [[f"2^{length.bit_length() - 1}"]
+             + [cell for k in kinds for cell in (v[k]["median_s"], v[k]["memory_gb"])]
              for length, v in sorted(by.items())]
+    header = ["L"] + [f"{k} {unit}" for k in kinds for unit in ("s", "peak GB")]
     s = result["slopes"]
+    slopes = "; ".join(f"{k} time {s[k + '_time']:.2f}, memory {s[k + '_memory']:.2f}"
+                       for k in kinds)
     return "\n".join([
         f"### Scaling of a {N_LAYER}-layer backbone forward, D={result['d_model']} "
         f"(batch 1, no gradients, {result['device']})", "",
-        markdown_table(["L", "backbone s", "backbone peak GB", "embed s", "embed peak GB"], table),
-        "", f"log-log slopes: backbone time {s['backbone_time']:.2f}, memory "
-            f"{s['backbone_memory']:.2f}; embed time {s['embed_time']:.2f}, memory "
-            f"{s['embed_memory']:.2f} (1 = linear). Memory is the peak RSS above the process's "
-            f"RSS before the input was made.", "", "![scaling](scaling.png)", "",
-        machine_line(result["meta"]), ""])
+        markdown_table(header, table),
+        "", f"log-log slopes: {slopes} (1 = linear). Memory is the peak RSS above the "
+            f"process's RSS before the input was made.", "",
+        f"![scaling]({result['name']}.png)", "", machine_line(result["meta"]), ""])
 
 
 def run(args):
@@ -83,7 +88,7 @@ def run(args):
             setattr(args, key, value)
     rows = []
     for log2 in args.log2_lengths:
-        for kind in ("backbone", "embed"):
+        for kind in args.kinds:
             r = run_isolated("bench.scaling", ["--single", kind, 2 ** log2, "--d-model",
                                                args.d_model, "--repeats", args.repeats,
                                                "--device", args.device,
@@ -92,17 +97,18 @@ def run(args):
                   f"{r['memory_gb']:.3f} GB", flush=True)
             rows.append(r)
     series = {k: ([r["length"] for r in rows if r["kind"] == k],
-                  [r["median_s"] for r in rows if r["kind"] == k]) for k in ("backbone", "embed")}
+                  [r["median_s"] for r in rows if r["kind"] == k]) for k in args.kinds}
     mem = {k: ([r["length"] for r in rows if r["kind"] == k],
                [max(r["memory_gb"], 1e-4) for r in rows if r["kind"] == k])
-           for k in ("backbone", "embed")}
+           for k in args.kinds}
     slopes = {f"{k}_time": loglog_slope(*series[k]) for k in series}
     slopes.update({f"{k}_memory": loglog_slope(*mem[k]) for k in mem})
     result = dict(device=args.device, d_model=args.d_model, n_layer=N_LAYER, rows=rows,
-                  slopes=slopes, meta=machine_info(args.device))
+                  kinds=list(args.kinds), name=args.name, slopes=slopes,
+                  meta=machine_info(args.device))
     md = markdown(result)
-    write_results(args.out, "scaling", result, md)
-    loglog_plot(Path(args.out) / "scaling.png",
+    write_results(args.out, args.name, result, md)
+    loglog_plot(Path(args.out) / f"{args.name}.png",
                 [dict(xlabel="L (steps)", ylabel="seconds", series=series),
                  dict(xlabel="L (steps)", ylabel="peak memory above baseline (GB)", series=mem)],
                 title=f"{N_LAYER}-layer Mamba backbone forward, D={args.d_model}, {args.device}")
@@ -114,6 +120,9 @@ def add_arguments(p):
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--log2-lengths", type=int, nargs="+", default=None)
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--kinds", nargs="+", default=["backbone", "embed"],
+                   choices=["backbone", "embed", "bidirectional"], help="what to time")
+    p.add_argument("--name", default="scaling", help="results file stem (NAME.json/.md/.png)")
 
 
 def main(argv=None):
