@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from bench.report import (fmt, machine_info, machine_line, markdown_table, time_call,
-                          write_results)
+from bench.report import (bench_parser, fmt, machine_info, machine_line, markdown_table,
+                          time_call, write_results)
 from bench.transformer import count_parameters, matched_transformer
 from core import MambaLM
 from core.fast_step import FastStepper, compile_step
@@ -199,12 +199,7 @@ def add_arguments(p):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="bench/results")
-    add_arguments(p)
+    p = bench_parser(__doc__, add_arguments)
     args = p.parse_args(argv)
     if args.compile is None:
         args.compile = not args.quick

@@ -6,6 +6,7 @@ made in the same run.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["machine_info", "time_call", "peak_rss_gb", "run_isolated", "write_results",
+__all__ = ["bench_parser", "machine_info", "time_call", "peak_rss_gb", "run_isolated", "write_results",
            "markdown_table", "loglog_slope", "loglog_plot", "fmt"]
 
 
@@ -181,3 +182,18 @@ def loglog_plot(path, panels, title=None):
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)
+
+
+def bench_parser(doc, add_arguments, single_metavar=None):
+    """The parser of ``python -m bench.NAME``: the options every benchmark shares, then the
+    benchmark's own (``add_arguments``). ``single_metavar`` adds the hidden ``--single A B``
+    that runs one case in a fresh process (see ``run_isolated``)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, a few minutes on a CPU")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--out", default="bench/results")
+    if single_metavar:
+        p.add_argument("--single", nargs=2, metavar=single_metavar, help=argparse.SUPPRESS)
+    add_arguments(p)
+    return p

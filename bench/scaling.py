@@ -14,15 +14,14 @@ must be about 1. Writes scaling.json, scaling.md and scaling.png.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from bench.report import (loglog_plot, loglog_slope, machine_info, machine_line,
-                          markdown_table, peak_rss_gb, run_isolated, time_call, write_results)
+from bench.report import (bench_parser, loglog_plot, loglog_slope, machine_info,
+                          machine_line, markdown_table, peak_rss_gb, run_isolated, time_call, write_results)
 from core import BiMambaBackbone, MambaBackbone, MambaLM
 
 QUICK = dict(log2_lengths=[12, 13, 14, 15, 16], repeats=2)
@@ -126,13 +125,7 @@ def add_arguments(p):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    p.add_argument("--out", default="bench/results")
-    p.add_argument("--single", nargs=2, metavar=("KIND", "LENGTH"), help=argparse.SUPPRESS)
-    add_arguments(p)
+    p = bench_parser(__doc__, add_arguments, single_metavar=("KIND", "LENGTH"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

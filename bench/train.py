@@ -9,15 +9,14 @@ cross and which model fails first.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from bench.report import (machine_info, machine_line, markdown_table, peak_rss_gb,
-                          run_isolated, time_call, write_results)
+from bench.report import (bench_parser, machine_info, machine_line, markdown_table,
+                          peak_rss_gb, run_isolated, time_call, write_results)
 from bench.transformer import count_parameters, matched_transformer
 from core import MambaLM
 
@@ -134,13 +133,7 @@ def add_arguments(p):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    p.add_argument("--out", default="bench/results")
-    p.add_argument("--single", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
-    add_arguments(p)
+    p = bench_parser(__doc__, add_arguments, single_metavar=("MODEL", "LENGTH"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -65,7 +65,6 @@ class _SelectiveScanCPU(torch.autograd.Function):
         compute = torch.float64 if u.dtype == torch.float64 else torch.float32
         batch, d_inner, _ = u.shape
         d_state = A.shape[1]
-        groups = 1 if B.dim() == 3 else B.shape[1]
 
         def prep(t):
             return t.to(compute).contiguous()

@@ -4,8 +4,6 @@ Dimension names: B batch, E d_inner, N d_state, G groups, L length.
 """
 from __future__ import annotations
 
-import torch
-
 
 def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None):
     """Raise ValueError naming the argument whose shape, device or grouping is wrong.

@@ -14,7 +14,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 from mamba_audio.datasets import (FSDD_SPEAKER_REGEX, SPLIT_BY, AudioClips, find_audio_files,
