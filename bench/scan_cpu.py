@@ -7,6 +7,10 @@
 2. million:  L=2^20 forward at E=256, N=16, in a fresh process: time and peak RSS.
 3. backward: L=65536 forward+backward at E=256, N=16, in a fresh process: time and peak RSS.
 
+With --sweep instead: forward and forward+backward over d_inner 256-2048 and L = 2^10..2^20
+where the inputs fit, against the sequential reference (L <= 2^12) and mambapy (while its
+(B, L, E, N) tensors fit), in state updates per second; writes scan_cpu_sweep.json/.md.
+
 Writes scan_cpu.json (every raw timing, machine, versions) and scan_cpu.md into --out.
 Cases 2 and 3 run in subprocesses so that each peak RSS is that case's own.
 """
@@ -21,40 +25,45 @@ from pathlib import Path
 import torch
 
 from bench.report import machine_info, peak_rss_gb, run_isolated, time_call, write_results
+from core.scan_reference import selective_scan_ref
 from kernels.cpu_scan import load_cpu_extension, selective_scan_cpu
 
 E, N = 256, 16
 
 
-def make_inputs(length, requires_grad=False, seed=0):
-    """Mamba-like scan inputs at B=1, E=256, N=16: u, delta (1, E, L), A (E, N), B, C (1, N, L), D."""
+def make_inputs(length, requires_grad=False, seed=0, d_inner=E):
+    """Mamba-like scan inputs at B=1, N=16: u, delta (1, E, L), A (E, N), B, C (1, N, L), D (E,)."""
     g = torch.Generator().manual_seed(seed)
-    inputs = dict(u=torch.randn(1, E, length, generator=g),
-                  delta=torch.rand(1, E, length, generator=g).mul_(0.1),
-                  A=torch.rand(E, N, generator=g).add_(0.1).neg_(),
+    inputs = dict(u=torch.randn(1, d_inner, length, generator=g),
+                  delta=torch.rand(1, d_inner, length, generator=g).mul_(0.1),
+                  A=torch.rand(d_inner, N, generator=g).add_(0.1).neg_(),
                   B=torch.randn(1, N, length, generator=g),
                   C=torch.randn(1, N, length, generator=g),
-                  D=torch.randn(E, generator=g))
+                  D=torch.randn(d_inner, generator=g))
     for t in inputs.values():
         t.requires_grad_(requires_grad)
     return inputs
 
 
-def case_ratio(repeats):
+def mambapy_scan(x):
+    """mambapy's parallel scan on our inputs; returns a no-argument callable giving
+    y (B, E, L). The (B, L, E) layout change is made here, once, outside any timing."""
     from mambapy.mamba import MambaBlock
 
-    length = 16384
-    x = make_inputs(length)
-    # mambapy wants (B, L, E) and (B, L, N); the layout change is made once, outside the timing.
     x_blk, dt_blk = x["u"].transpose(1, 2).contiguous(), x["delta"].transpose(1, 2).contiguous()
     B_blk, C_blk = x["B"].transpose(1, 2).contiguous(), x["C"].transpose(1, 2).contiguous()
+    return lambda: MambaBlock.selective_scan(None, x_blk, dt_blk, x["A"], B_blk, C_blk,
+                                             x["D"]).transpose(1, 2)
+
+
+def case_ratio(repeats):
+    length = 16384
+    x = make_inputs(length)
+    theirs_fn = mambapy_scan(x)
     with torch.no_grad():
         ours = time_call(lambda: selective_scan_cpu(**x), repeats)
-        theirs = time_call(
-            lambda: MambaBlock.selective_scan(None, x_blk, dt_blk, x["A"], B_blk, C_blk, x["D"]),
-            repeats)
-        diff = (selective_scan_cpu(**x) - MambaBlock.selective_scan(
-            None, x_blk, dt_blk, x["A"], B_blk, C_blk, x["D"]).transpose(1, 2)).abs().max()
+        theirs = time_call(theirs_fn, repeats)
+        diff = (selective_scan_cpu(**x) - theirs_fn()).abs().max()
     updates = E * N * length
     ours_s, theirs_s = ours["median_s"], theirs["median_s"]
     return dict(case="ratio", length=length, ours_s=ours_s, mambapy_s=theirs_s,
@@ -93,6 +102,60 @@ def case_backward():
                 peak_rss_gb=peak_rss_gb(), full_state_tensor_gb=states_gb)
 
 
+SWEEP_WIDTHS = (256, 1024, 2048)
+SWEEP_LOG2_LENGTHS = (10, 12, 14, 16, 18, 20)
+REFERENCE_MAX_LOG2 = 12      # the Python-loop reference takes tens of microseconds a step
+MAMBAPY_MAX_GB = 3.0         # mambapy holds several (B, L, E, N) fp32 tensors at once
+INPUTS_MAX_GB = 5.0          # u and delta, (B, E, L) fp32 each
+BACKWARD_MAX_LOG2 = 16
+
+
+def case_sweep(widths, log2_lengths, repeats):
+    """Forward (and forward+backward up to 2^BACKWARD_MAX_LOG2) over widths x lengths, with
+    the reference and mambapy where they fit; one row per (d_inner, L)."""
+    rows = []
+    for d_inner in widths:
+        for log2 in log2_lengths:
+            length = 2 ** log2
+            if 2 * d_inner * length * 4 / 2 ** 30 > INPUTS_MAX_GB:
+                continue
+            x = make_inputs(length, d_inner=d_inner)
+            reps = repeats if log2 <= 16 else 1
+            row = dict(d_inner=d_inner, length=length, updates=d_inner * N * length)
+            with torch.no_grad():
+                row["ours_fwd"] = time_call(lambda: selective_scan_cpu(**x), reps)
+                if log2 <= REFERENCE_MAX_LOG2:
+                    row["reference_fwd"] = time_call(lambda: selective_scan_ref(**x), 1)
+                if 4 * d_inner * length * N * 4 / 2 ** 30 <= MAMBAPY_MAX_GB:
+                    row["mambapy_fwd"] = time_call(mambapy_scan(x), reps)
+            if log2 <= BACKWARD_MAX_LOG2:
+                leaves = {k: v.requires_grad_(True) for k, v in x.items()}
+                row["ours_fwd_bwd"] = time_call(
+                    lambda: selective_scan_cpu(**leaves).sum().backward(), reps)
+            print(f"  sweep E={d_inner} L=2^{log2}: ours {row['ours_fwd']['median_s']:.4f} s",
+                  flush=True)
+            rows.append(row)
+    return rows
+
+
+def sweep_markdown(meta, rows):
+    def rate(row, key):
+        return f"{row['updates'] / row[key]['median_s'] / 1e9:.3f}" if key in row else "-"
+
+    lines = [f"CPU selective scan sweep (B=1, N=16), {meta['cpu']} ({meta['torch_threads']} "
+             f"threads), load average {meta['load_average_1_5_15'][0]:.1f}; "
+             "G state-updates/s (higher is better), '-' = not run (does not fit or too slow)", "",
+             "| d_inner | L | ours fwd | ours fwd+bwd | reference fwd | mambapy fwd | ours / mambapy |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        ratio = (f"{r['mambapy_fwd']['median_s'] / r['ours_fwd']['median_s']:.1f}x"
+                 if "mambapy_fwd" in r else "-")
+        lines.append(f"| {r['d_inner']} | 2^{r['length'].bit_length() - 1} | {rate(r, 'ours_fwd')} "
+                     f"| {rate(r, 'ours_fwd_bwd')} | {rate(r, 'reference_fwd')} "
+                     f"| {rate(r, 'mambapy_fwd')} | {ratio} |")
+    return "\n".join(lines + [""])
+
+
 def run_in_subprocess(case):
     """One of the --single cases in a fresh process, so that its peak RSS is its own."""
     return run_isolated("bench.scan_cpu", ["--single", case])
@@ -123,6 +186,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("bench/results"),
                         help="folder for scan_cpu.json and scan_cpu.md")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    parser.add_argument("--sweep", action="store_true",
+                        help="widths x lengths sweep vs reference and mambapy instead")
     parser.add_argument("--single", choices=["million", "backward"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     load_cpu_extension()
@@ -130,6 +195,12 @@ def main(argv=None):
         print(json.dumps({"million": case_million, "backward": case_backward}[args.single]()))
         return 0
     meta = machine_info("cpu")
+    if args.sweep:
+        rows = case_sweep(SWEEP_WIDTHS, SWEEP_LOG2_LENGTHS, min(args.repeats, 3))
+        table = sweep_markdown(meta, rows)
+        write_results(args.out, "scan_cpu_sweep", dict(meta=meta, rows=rows), table)
+        print(table)
+        return 0
     ratio = case_ratio(args.repeats)
     million, backward = run_in_subprocess("million"), run_in_subprocess("backward")
     table = markdown(meta, ratio, million, backward)
