@@ -24,6 +24,7 @@ from mamba_bio.datasets import SpeciesWindows
 from mamba_bio.fasta import open_sequences
 from mamba_bio.metrics import classification_report, kmer_baseline, plot_confusion
 from mamba_bio.tokenizers import CharTokenizer
+from pipelines.checkpoint import BEST
 from pipelines.options import TrainConfig, add_training_args
 from pipelines.trainer import seed_everything, train
 
@@ -128,8 +129,12 @@ def run(args):
     tokenizer.save(summary["model_dir"])
     Path(summary["model_dir"], "classes.json").write_text(json.dumps(data.classes) + "\n")
 
-    pred = predict(model.cpu(), test_x, tokenizer).argmax(1).numpy()
+    # Score the checkpoint with the lowest validation loss when validation ran, else the final model.
+    best = Path(summary["out"]) / "checkpoints" / BEST
+    scored = core.load_pretrained(best) if best.is_dir() else model.cpu()
+    pred = predict(scored, test_x, tokenizer).argmax(1).numpy()
     report = classification_report(test_y, pred, data.classes)
+    report["scored_model"] = "best validation checkpoint" if best.is_dir() else "final model"
     train_x, train_y = data.fixed_windows("train", cfg.seq_len, args.baseline_per_class)
     base_pred = kmer_baseline(train_x, train_y, test_x, k=args.kmer, seed=cfg.seed)
     baseline = classification_report(test_y, base_pred, data.classes)
