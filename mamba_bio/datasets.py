@@ -3,8 +3,9 @@
 Dimension names: B batch, L window length (bases).
 
 Splits never share a base: regions are assigned to train/val/test by record (chromosome)
-when there are enough records, else each record is cut into disjoint position ranges; a
-window is drawn entirely inside one region. Sampling is a pure function of
+when there are enough records, else each record is cut into disjoint position ranges, or,
+for k-fold cross-validation, into k blocks of which one is tested; a window is drawn
+entirely inside one region. Sampling is a pure function of
 (seed, step, rank), which is what makes a resumed run see the same batches.
 """
 from __future__ import annotations
@@ -19,18 +20,21 @@ SPLITS = ("train", "val", "test")
 
 
 def split_regions(source, fractions=(0.8, 0.1, 0.1), by: str = "auto",
-                  regions=None) -> dict[str, list[Window]]:
+                  regions=None, fold: tuple[int, int] | None = None) -> dict[str, list[Window]]:
     """Assign disjoint regions of ``source`` to train/val/test.
 
     Args:
         source: a ``Genome`` or ``Records`` (``names``, ``lengths``).
         fractions (train, val, test): shares of the bases; a 0 share gives an empty split.
-        by ("auto", "record", "position"): "record" assigns whole records (the last ones to
-            test, those before to val, at least one each), "position" cuts every region
-            into consecutive ranges [0, f_train), [f_train, f_train + f_val), ...;
-            "auto" = "record" when there are more records than non-empty splits.
+        by ("auto", "record", "position", "fold"): "record" assigns whole records (the last
+            ones to test, those before to val, at least one each), "position" cuts every
+            region into consecutive ranges [0, f_train), [f_train, f_train + f_val), ...;
+            "auto" = "record" when there are more records than non-empty splits; "fold"
+            is k-fold cross-validation inside every region (see ``fold_ranges``; only the
+            val share of ``fractions`` is used).
         regions (list of Window, optional): split these intervals (e.g. from a BED file)
             instead of the whole records.
+        fold ((i, k), for by="fold"): test the i-th of k equal blocks of every region.
 
     Returns:
         {"train": [...], "val": [...], "test": [...]} lists of ``Window``.
@@ -44,6 +48,9 @@ def split_regions(source, fractions=(0.8, 0.1, 0.1), by: str = "auto",
     if regions is None:
         regions = [Window(n, 0, source.lengths[n]) for n in source.names]
     n_splits = sum(f > 0 for f in fractions)
+    if (by == "fold") != (fold is not None):
+        raise ValueError(f"fold=(i, k) goes with by='fold' and only with it (by={by!r}, "
+                         f"fold={fold!r})")
     if by == "auto":
         by = "record" if len(regions) > n_splits else "position"
     out = {s: [] for s in SPLITS}
@@ -67,9 +74,36 @@ def split_regions(source, fractions=(0.8, 0.1, 0.1), by: str = "auto",
             for split, lo, hi in zip(SPLITS, cuts[:-1], cuts[1:]):
                 if hi > lo:
                     out[split].append(Window(r.name, lo, hi, r.strand))
+    elif by == "fold":
+        for r in regions:
+            for split, ranges in fold_ranges(r.start, r.end, *fold, fractions[1]).items():
+                out[split] += [Window(r.name, lo, hi, r.strand) for lo, hi in ranges]
     else:
-        raise ValueError(f"by must be 'auto', 'record' or 'position', got {by!r}")
+        raise ValueError(f"by must be 'auto', 'record', 'position' or 'fold', got {by!r}")
     return out
+
+
+def fold_ranges(start: int, end: int, fold: int, n_folds: int, val_fraction: float = 0.1
+                ) -> dict[str, list[tuple[int, int]]]:
+    """K-fold cross-validation ranges of [start, end): test is block ``fold`` of ``n_folds``
+    equal blocks, val the ``val_fraction`` share right after it (before it for the last
+    block), train the rest (one or two ranges). Over the k folds every base is tested once.
+
+    >>> fold_ranges(0, 100, 1, 5, 0.1)
+    {'train': [(0, 20), (50, 100)], 'val': [(40, 50)], 'test': [(20, 40)]}
+    """
+    if n_folds < 2 or not 0 <= fold < n_folds:
+        raise ValueError(f"fold must be (i, k) with k >= 2 and 0 <= i < k, got ({fold}, {n_folds})")
+    size = end - start
+    lo, hi = start + fold * size // n_folds, start + (fold + 1) * size // n_folds
+    n_val = int(round(val_fraction * size))
+    if n_val > size - (hi - lo):
+        raise ValueError(f"val_fraction {val_fraction} leaves no training bases with "
+                         f"{n_folds} folds")
+    val = (hi, hi + n_val) if hi + n_val <= end else (lo - n_val, lo)
+    held_lo, held_hi = min(lo, val[0]), max(hi, val[1])   # test and val are adjacent
+    train = [(a, b) for a, b in ((start, held_lo), (held_hi, end)) if b > a]
+    return {"train": train, "val": [val] if n_val else [], "test": [(lo, hi)]}
 
 
 class WindowSampler:
@@ -177,9 +211,10 @@ class SpeciesWindows:
 
     Args:
         species (dict name -> list of sources): one or more ``Genome``/``Records`` each.
-        fractions (train, val, test, default 0.8/0.1/0.1), by ("auto"/"record"/"position"):
-            passed to ``split_regions`` per source; "auto" splits by record when a species
-            has enough records, else by disjoint position ranges.
+        fractions (train, val, test, default 0.8/0.1/0.1), by ("auto"/"record"/"position"/
+            "fold"), fold ((i, k) for by="fold"): passed to ``split_regions`` per source;
+            "auto" splits by record when a species has enough records, else by disjoint
+            position ranges; "fold" tests block i of k of every source.
         tokenizer (CharTokenizer), max_n_frac (float, 0.1), seed (int, 0).
         rc_augment (bool, True): reverse-complement half of the training windows.
 
@@ -190,7 +225,7 @@ class SpeciesWindows:
 
     def __init__(self, species: dict, fractions=(0.8, 0.1, 0.1), by: str = "auto",
                  tokenizer: CharTokenizer | None = None, max_n_frac: float = 0.1,
-                 rc_augment: bool = True, seed: int = 0):
+                 rc_augment: bool = True, seed: int = 0, fold: tuple[int, int] | None = None):
         if len(species) < 2:
             raise ValueError(f"species classification needs at least 2 species, "
                              f"got {len(species)}")
@@ -203,7 +238,7 @@ class SpeciesWindows:
             for src in sources:
                 # "auto" by record needs several records in one file; a species given as
                 # several one-record files is split across its files' positions.
-                for split, regions in split_regions(src, fractions, by).items():
+                for split, regions in split_regions(src, fractions, by, fold=fold).items():
                     if regions:
                         per_split[split].append(WindowSampler(src, regions, max_n_frac))
             for split in SPLITS:

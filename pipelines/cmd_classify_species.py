@@ -10,12 +10,19 @@ optionally RC-invariant, from scratch or from a pretrained genome model) is trai
 test report gives accuracy, per-class F1 and the confusion matrix, beside a k-mer +
 logistic-regression baseline fit on training windows of the same split and scored on the
 same test windows. Written to OUT/report.json and OUT/confusion.png.
+
+With ``--folds K`` every genome is cut into K blocks and K classifiers are trained (in
+OUT/fold0 ...), classifier i tested on block i of every genome: the report pools all K test
+sets, so every region of every genome is tested once (a steadier figure than one held-out
+region when each species is one short genome), and lists each fold's accuracy.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +62,10 @@ def add_arguments(parser):
                    help="disjoint regions by record, or by position ranges within records")
     g.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
                    metavar=("TRAIN", "VAL", "TEST"), help="shares of each genome per split")
+    g.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="k-fold cross-validation: K models, each tested on its own 1/K block of "
+                        "every genome (validation: the --fractions val share beside it); the "
+                        "report pools the K test sets (0: one split, --split-by)")
     g.add_argument("--causal", action="store_true",
                    help="causal MambaBackbone instead of the bidirectional one")
     g.add_argument("--rc-invariant", action="store_true",
@@ -108,13 +119,14 @@ def predict(model, seqs, tokenizer, batch_size=32):
     return torch.cat(out).float().cpu()
 
 
-def run(args):
-    cfg = TrainConfig.from_args(args)
-    tokenizer = CharTokenizer()
-    species = {name: [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in files]
-               for name, files in parse_species(args.species).items()}
-    data = SpeciesWindows(species, fractions=args.fractions, by=args.split_by,
-                          tokenizer=tokenizer, seed=cfg.seed)
+def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
+    """Train one classifier on one split and predict its test windows, with the baseline.
+
+    Returns {"classes", "labels" (n,), "pred" (n,), "baseline_pred" (n,), "steps",
+    "scored_model", "test_regions"}.
+    """
+    data = SpeciesWindows(species, fractions=args.fractions, by=by, tokenizer=tokenizer,
+                          seed=cfg.seed, fold=fold)
     val_x, val_y = data.fixed_windows("val", cfg.seq_len, args.eval_per_class)
     test_x, test_y = data.fixed_windows("test", cfg.seq_len, args.eval_per_class)
 
@@ -132,25 +144,64 @@ def run(args):
     # Score the checkpoint with the lowest validation loss when validation ran, else the final model.
     best = Path(summary["out"]) / "checkpoints" / BEST
     scored = core.load_pretrained(best) if best.is_dir() else model.cpu()
-    pred = predict(scored, test_x, tokenizer).argmax(1).numpy()
-    report = classification_report(test_y, pred, data.classes)
-    report["scored_model"] = "best validation checkpoint" if best.is_dir() else "final model"
     train_x, train_y = data.fixed_windows("train", cfg.seq_len, args.baseline_per_class)
-    base_pred = kmer_baseline(train_x, train_y, test_x, k=args.kmer, seed=cfg.seed)
-    baseline = classification_report(test_y, base_pred, data.classes)
+    return {"classes": data.classes, "labels": test_y,
+            "pred": predict(scored, test_x, tokenizer).argmax(1).numpy(),
+            "baseline_pred": kmer_baseline(train_x, train_y, test_x, k=args.kmer, seed=cfg.seed),
+            "steps": summary["step"],
+            "scored_model": "best validation checkpoint" if best.is_dir() else "final model",
+            "test_regions": {c: [f"{Path(p).name}:{w.name}:{w.start}-{w.end}" for p, w in r]
+                             for c, r in zip(data.classes, data.regions("test"))}}
+
+
+def pooled_report(parts: list[dict], args) -> dict:
+    """The report over the test windows of every part (one part, or one per fold)."""
+    classes = parts[0]["classes"]
+    labels = np.concatenate([p["labels"] for p in parts])
+    report = classification_report(labels, np.concatenate([p["pred"] for p in parts]), classes)
+    baseline = classification_report(
+        labels, np.concatenate([p["baseline_pred"] for p in parts]), classes)
     report.update(baseline_accuracy=baseline["accuracy"],
                   baseline={"method": f"{args.kmer}-mer frequencies + logistic regression",
                             **baseline},
-                  chance=1.0 / len(data.classes), test_windows=len(test_y),
-                  seq_len=cfg.seq_len, steps=summary["step"],
-                  test_regions={c: [f"{Path(p).name}:{w.name}:{w.start}-{w.end}" for p, w in r]
-                                for c, r in zip(data.classes, data.regions("test"))})
+                  chance=1.0 / len(classes), test_windows=len(labels), seq_len=args.seq_len,
+                  steps=parts[0]["steps"], scored_model=parts[0]["scored_model"])
+    if len(parts) == 1:
+        report["test_regions"] = parts[0]["test_regions"]
+        return report
+    per_fold = [{"fold": i,
+                 "accuracy": float((p["pred"] == p["labels"]).mean()),
+                 "baseline_accuracy": float((p["baseline_pred"] == p["labels"]).mean()),
+                 "test_regions": p["test_regions"]} for i, p in enumerate(parts)]
+    report.update(folds=per_fold,
+                  accuracy_sd=float(np.std([f["accuracy"] for f in per_fold], ddof=1)),
+                  baseline_accuracy_sd=float(np.std([f["baseline_accuracy"] for f in per_fold],
+                                                    ddof=1)))
+    return report
+
+
+def run(args):
+    if args.folds == 1 or args.folds < 0:
+        raise ValueError(f"--folds must be 0 (one split) or at least 2, got {args.folds}")
+    cfg = TrainConfig.from_args(args)
+    tokenizer = CharTokenizer()
+    species = {name: [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in files]
+               for name, files in parse_species(args.species).items()}
+    if args.folds:
+        parts = [train_and_score(args, dataclasses.replace(cfg, out=str(Path(cfg.out) / f"fold{i}")),
+                                 species, tokenizer, by="fold", fold=(i, args.folds))
+                 for i in range(args.folds)]
+    else:
+        parts = [train_and_score(args, cfg, species, tokenizer, by=args.split_by)]
+    report = pooled_report(parts, args)
     out = Path(cfg.out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_confusion(report["confusion_matrix"], data.classes, out / "confusion.png",
-                   title=f"Mamba {report['accuracy']:.1%} | k-mer baseline "
+    what = f"{args.folds}-fold CV, " if args.folds else ""
+    plot_confusion(report["confusion_matrix"], report["classes"], out / "confusion.png",
+                   title=f"{what}Mamba {report['accuracy']:.1%} | k-mer baseline "
                          f"{report['baseline_accuracy']:.1%}")
-    print(json.dumps({"accuracy": report["accuracy"],
-                      "baseline_accuracy": report["baseline_accuracy"],
-                      "chance": report["chance"], "per_class_f1": report["per_class_f1"],
-                      "report": str(out / "report.json")}, indent=2))
+    summary = {k: report[k] for k in ("accuracy", "baseline_accuracy", "chance", "per_class_f1")}
+    if args.folds:
+        summary.update(accuracy_sd=report["accuracy_sd"],
+                       baseline_accuracy_sd=report["baseline_accuracy_sd"])
+    print(json.dumps({**summary, "report": str(out / "report.json")}, indent=2))

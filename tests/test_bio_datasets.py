@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mamba_bio.datasets import GenomeWindows, SpeciesWindows, mlm_mask, split_regions
+from mamba_bio.datasets import (GenomeWindows, SpeciesWindows, fold_ranges, mlm_mask,
+                               split_regions)
 from mamba_bio.fasta import Records, Window
 from mamba_bio.simulate import simulate_genomes, write_fasta, write_species_fastas
 from mamba_bio.tokenizers import CharTokenizer
@@ -36,6 +37,25 @@ def test_split_by_record(tmp_path):
         split_regions(Records(path), (0.8, 0.1, 0.2))
 
 
+@pytest.mark.parametrize("start,end,k,val", [(0, 100, 5, 0.1), (7, 1010, 3, 0.05), (0, 16569, 5, 0.1)])
+def test_folds_test_every_base_once_and_keep_splits_disjoint(start, end, k, val):
+    tested = []
+    for i in range(k):
+        parts = fold_ranges(start, end, i, k, val)
+        bases = {s: [b for lo, hi in parts[s] for b in range(lo, hi)] for s in parts}
+        assert sorted(bases["train"] + bases["val"] + bases["test"]) == list(range(start, end))
+        assert len(bases["val"]) == round(val * (end - start))
+        tested += bases["test"]
+    assert sorted(tested) == list(range(start, end))           # each base tested exactly once
+
+
+def test_fold_split_errors(species_files):
+    with pytest.raises(ValueError, match="k >= 2"):
+        fold_ranges(0, 100, 0, 1)
+    with pytest.raises(ValueError, match="by='fold'"):
+        split_regions(Records(species_files["cow"]), by="position", fold=(0, 5))
+
+
 def test_species_windows_never_cross_splits(species_files):
     ds = SpeciesWindows({k: [Records(v)] for k, v in species_files.items()}, seed=1)
     for label in range(len(ds.classes)):
@@ -50,6 +70,18 @@ def test_species_windows_never_cross_splits(species_files):
     assert again == seqs
     with pytest.raises(ValueError, match="no region holds a window of 1000 bases"):
         ds.fixed_windows("test", seq_len=1000, per_class=1)
+
+
+def test_species_folds_rotate_the_test_block(species_files):
+    sources = {k: [Records(v)] for k, v in species_files.items()}
+    tested = set()
+    for i in range(3):
+        ds = SpeciesWindows(sources, fractions=(0.8, 0.1, 0.1), by="fold", fold=(i, 3))
+        for label in range(len(ds.classes)):
+            train, test = covered(ds.regions("train")[label]), covered(ds.regions("test")[label])
+            assert test and train and not (train & test) and not (test & tested)
+            tested |= test
+    assert len(tested) == len(species_files) * 3000
 
 
 def test_batches_are_a_function_of_step_and_rank(species_files):

@@ -106,8 +106,25 @@ def test_mlm_pretraining_initialises_a_classifier(sim, tmp_path, capsys):
     assert "does not fit this classifier" in capsys.readouterr().err
 
 
+def test_classify_species_cross_validation(sim, tmp_path, capsys):
+    cls = tmp_path / "cv"
+    species = [f"{k}={v}" for k, v in sim.items()]
+    assert main(["classify-species", "--species", *species, "--out", str(cls), "--folds", "2",
+                 "--steps", "1", "--seq-len", "64", "--eval-per-class", "3",
+                 "--baseline-per-class", "10", "--kmer", "2", *TINY]) == 0
+    rep = json.loads((cls / "report.json").read_text())
+    assert [f["fold"] for f in rep["folds"]] == [0, 1]
+    assert np.sum(rep["confusion_matrix"]) == 2 * 3 * 3 == rep["test_windows"]
+    # pooled accuracy over equal-sized folds = mean of the fold accuracies
+    assert rep["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in rep["folds"]]))
+    tests = [f["test_regions"]["a"][0] for f in rep["folds"]]
+    assert tests[0] != tests[1] and (cls / "fold1" / "model").is_dir()
+    assert "accuracy_sd" in last_json(capsys.readouterr().out)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--species", "a"], "expects NAME=FASTA"),
+    (["--species", "a=x.fa", "b=y.fa", "--folds", "1"], "--folds must be 0"),
     (["--species", "a=/nonexistent.fa", "b=/nonexistent.fa"], "not found: /nonexistent.fa"),
 ])
 def test_classify_species_bad_input(tmp_path, capsys, argv, message):
