@@ -13,8 +13,8 @@ from .bimamba import (BiMamba, BiMambaBackbone, BiMambaBackboneConfig,
                       reverse_complement_hidden)
 from .heads import (MambaLM, MambaLMConfig, RCEmbedding, SequenceClassifier,
                     SequenceClassifierConfig, pool_hidden)
-from .multiscale import (MultiscaleBackbone, MultiscaleBackboneConfig, get_pooling,
-                         linear_pooling, register_pooling)
+from .multiscale import (MultiscaleBackbone, MultiscaleBackboneConfig, MultiscaleState,
+                         get_pooling, linear_pooling, register_pooling)
 from .sampling import sample_logits, top_k_filter, top_p_filter
 from .pretrained import load_pretrained
 
@@ -24,6 +24,7 @@ __all__ = ["Mamba", "MambaState", "selective_scan", "selective_scan_ref",
            "BiMamba", "BiMambaBackbone", "BiMambaBackboneConfig", "reverse_complement_hidden",
            "MambaLM", "MambaLMConfig", "SequenceClassifier", "SequenceClassifierConfig",
            "RCEmbedding", "pool_hidden",
-           "MultiscaleBackbone", "MultiscaleBackboneConfig", "register_pooling", "get_pooling",
+           "MultiscaleBackbone", "MultiscaleBackboneConfig", "MultiscaleState",
+           "register_pooling", "get_pooling",
            "linear_pooling", "sample_logits", "top_k_filter", "top_p_filter",
            "load_pretrained"]

@@ -20,6 +20,8 @@ Pooling protocol. A pooling is a callable ``pooling(d_model, factor, expand) ->
     up(y)    (B, L / factor, D*expand) -> (B, L, D)
     down.causal, up.causal (bool): True if output step t reads no input after t
         (for ``up``: no pooled step whose window ends after t). A causal backbone needs both.
+A causal ``up`` must read, for output window k, the pooled step k-1 only (SaShiMi's
+one-window shift): chunked ``forward`` with state passing relies on it.
 For a causal backbone with ``step`` both also provide
     cache = m.allocate_cache(batch_size, device=None, dtype=None)
     down.step(x_t (B, D), cache) -> (B, D * expand) on every factor-th call, else None
@@ -120,6 +122,21 @@ class MultiscaleBackboneConfig:
 
 
 @dataclass
+class MultiscaleState:
+    """What a causal ``MultiscaleBackbone.forward`` carries from one chunk to the next: the
+    state (list of ``MambaState``) of every stage and, per level, the last pooled step that
+    went into the up-pooling (its output lands on the first window of the next chunk)."""
+    down_stages: list
+    center: list
+    up_stages: list
+    up_carry: list          # level i: (B, 1, D_{i+1})
+
+    @classmethod
+    def empty(cls, levels):
+        return cls([None] * levels, None, [None] * levels, [None] * levels)
+
+
+@dataclass
 class MultiscaleCache:
     """Recurrent state of a causal ``MultiscaleBackbone`` (see ``allocate_cache``)."""
     down_stages: list
@@ -194,21 +211,49 @@ class MultiscaleBackbone(PretrainedMixin, nn.Module):
             self.down_pools.append(down.to(device=device, dtype=dtype))
             self.up_pools.append(up.to(device=device, dtype=dtype))
 
-    def forward(self, x):
-        """x (B, L, D) -> y (B, L, D)."""
+    def forward(self, x, state=None, return_state=False):
+        """x (B, L, D) -> y (B, L, D).
+
+        Causal backbones can also run a long sequence chunk by chunk: with ``state`` (a
+        ``MultiscaleState`` from the previous chunk) the sequence continues from it, and
+        ``return_state=True`` also returns the state after this chunk, whose L must then be
+        a multiple of ``total_pool`` (no pooling window may straddle two chunks).
+        """
+        stream = state is not None or return_state
+        if stream and not self.causal:
+            raise RuntimeError("state passing needs causal=True (a bidirectional stage "
+                               "reads the whole chunk)")
+        if return_state and x.shape[1] % self.total_pool:
+            raise ValueError(f"a chunk that passes its state on must be a multiple of "
+                             f"{self.total_pool} steps, got {x.shape[1]}")
         length = x.shape[1]
         pad = -length % self.total_pool
         if pad:
             x = torch.cat([x, x.new_zeros(x.shape[0], pad, x.shape[2])], 1)
+        levels = len(self.pool)
+        old = state or MultiscaleState.empty(levels)
+        new = MultiscaleState.empty(levels)
+
+        def run(stage, h, stage_state):
+            return stage(h, state=stage_state, return_state=True) if stream else (stage(h), None)
+
         h, skips = x, []
-        for stage, down in zip(self.down_stages, self.down_pools):
-            h = stage(h)                                                  # (B, L_i, D_i)
+        for i in range(levels):
+            h, new.down_stages[i] = run(self.down_stages[i], h, old.down_stages[i])  # (B, L_i, D_i)
             skips.append(h)
-            h = down(h)                                                   # (B, L_i+1, D_i+1)
-        h = self.center(h)
-        for i in reversed(range(len(self.pool))):
-            h = self.up_stages[i](self.up_pools[i](h) + skips[i])         # (B, L_i, D_i)
-        return h[:, :length]
+            h = self.down_pools[i](h)                                     # (B, L_i+1, D_i+1)
+        h, new.center = run(self.center, h, old.center)
+        for i in reversed(range(levels)):
+            new.up_carry[i] = h[:, -1:]
+            if old.up_carry[i] is None:
+                u = self.up_pools[i](h)                                   # (B, L_i, D_i)
+            else:
+                # A causal up-pooling's window k reads pooled step k-1 only: feeding the
+                # previous chunk's last pooled step first and dropping its window gives this
+                # chunk's outputs.
+                u = self.up_pools[i](torch.cat([old.up_carry[i], h], 1))[:, self.pool[i]:]
+            h, new.up_stages[i] = run(self.up_stages[i], u + skips[i], old.up_stages[i])
+        return (h[:, :length], new) if return_state else h[:, :length]
 
     def allocate_cache(self, batch_size, device=None, dtype=None):
         """Zero recurrent state for ``step`` (causal backbones only)."""

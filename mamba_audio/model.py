@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from core import MambaState
-from core.multiscale import MultiscaleBackbone
+from core.multiscale import MultiscaleBackbone, MultiscaleState
 from core.pretrained import PretrainedMixin
 
 from . import pooling  # noqa: F401  (registers the "sashimi" pooling in core)
@@ -53,17 +53,6 @@ PRESETS = {
     "small": dict(d_model=32, n_layers_per_stage=2),
     "tiny": dict(d_model=16, n_layers_per_stage=1, d_state=8),
 }
-
-
-@dataclass
-class StreamState:
-    """What ``forward`` carries from one chunk to the next: the ``MambaState`` lists of every
-    stage, and, per level, the last pooled step that went into the up-pooling (its shifted
-    output lands on the first window of the next chunk)."""
-    down_stages: list
-    center: list
-    up_stages: list
-    up_carry: list          # level i: (B, 1, D_{i+1})
 
 
 class AudioLM(PretrainedMixin, nn.Module):
@@ -111,51 +100,17 @@ class AudioLM(PretrainedMixin, nn.Module):
         """P: a chunk that passes its state on must be a multiple of this many samples."""
         return self.backbone.total_pool
 
-    def forward(self, tokens, state: StreamState | None = None, return_state: bool = False):
+    def forward(self, tokens, state: MultiscaleState | None = None, return_state: bool = False):
         """tokens (B, L) int64 -> logits (B, L, C) fp32; logits[:, t] predicts tokens[:, t+1].
 
         With ``state`` the clip continues a previous chunk; with ``return_state`` the state
         after this chunk is returned too (then L must be a multiple of ``total_pool``, so
-        that no pooling window straddles two chunks).
+        that no pooling window straddles two chunks); see ``MultiscaleBackbone.forward``.
         """
-        if return_state and tokens.shape[1] % self.total_pool:
-            raise ValueError(f"a chunk that passes its state on must be a multiple of "
-                             f"{self.total_pool} samples, got {tokens.shape[1]}")
-        x = self.embedding(tokens)                                        # (B, L, D)
-        if state is None and not return_state:
-            return self.head(self.backbone(x)).float()
-        y, state = self._forward_chunk(x, state)
-        logits = self.head(y).float()                                     # (B, L, C)
-        return (logits, state) if return_state else logits
-
-    def _forward_chunk(self, x, state):
-        """The U-Net of ``MultiscaleBackbone.forward`` with every stage's state carried in
-        and out. x (B, L, D) -> y (B, L, D), new StreamState."""
-        bb, length = self.backbone, x.shape[1]
-        pad = -length % bb.total_pool
-        if pad:
-            x = torch.cat([x, x.new_zeros(x.shape[0], pad, x.shape[2])], 1)
-        levels = len(bb.pool)
-        old = state or StreamState([None] * levels, None, [None] * levels, [None] * levels)
-        new = StreamState([None] * levels, None, [None] * levels, [None] * levels)
-        h, skips = x, []
-        for i in range(levels):
-            h, new.down_stages[i] = bb.down_stages[i](h, state=old.down_stages[i],
-                                                      return_state=True)  # (B, L_i, D_i)
-            skips.append(h)
-            h = bb.down_pools[i](h)                                       # (B, L_i+1, D_i+1)
-        h, new.center = bb.center(h, state=old.center, return_state=True)
-        for i in reversed(range(levels)):
-            new.up_carry[i] = h[:, -1:]
-            if old.up_carry[i] is None:
-                u = bb.up_pools[i](h)                                     # (B, L_i, D_i)
-            else:
-                # The up-pooling shifts by one window: feeding it the previous chunk's last
-                # pooled step first and dropping that window gives this chunk's outputs.
-                u = bb.up_pools[i](torch.cat([old.up_carry[i], h], 1))[:, bb.pool[i]:]
-            h, new.up_stages[i] = bb.up_stages[i](u + skips[i], state=old.up_stages[i],
-                                                  return_state=True)
-        return h[:, :length], new
+        out = self.backbone(self.embedding(tokens), state=state, return_state=return_state)
+        if return_state:
+            return self.head(out[0]).float(), out[1]                      # (B, L, C), state
+        return self.head(out).float()
 
     def allocate_cache(self, batch_size, device=None, dtype=None):
         """Zero recurrent state for ``step`` (fixed size, whatever the length generated)."""

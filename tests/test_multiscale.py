@@ -36,6 +36,25 @@ def test_causal_step_equals_forward():
     torch.testing.assert_close(ys, y, rtol=1e-4, atol=1e-5)
 
 
+def test_causal_chunks_with_state_equal_whole_sequence():
+    bb = _causal()
+    x = torch.randn(2, 47, D)
+    with torch.no_grad():
+        whole = bb(x)
+        state, parts = None, []
+        for lo, hi in ((0, 12), (12, 30), (30, 47)):      # chunks of multiples of 6, then the rest
+            if hi < 47:
+                y, state = bb(x[:, lo:hi], state=state, return_state=True)
+            else:
+                y = bb(x[:, lo:hi], state=state)
+            parts.append(y)
+    torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 6"):
+        bb(x[:, :7], return_state=True)
+    with pytest.raises(RuntimeError, match="causal=True"):
+        MultiscaleBackbone(D, pool=(2, 3), n_layers_per_stage=1)(x, return_state=True)
+
+
 @pytest.mark.parametrize("k", [13, 17, 18])          # 13, 17 inside pooled windows; 18 on one
 def test_causal_multiscale_is_causal(k):
     bb = _causal()
