@@ -1,4 +1,4 @@
-"""``mambaseq bench {scan,train,generate,scaling,all}``: the performance benchmarks of issue 8.
+"""``mambaseq bench {scan,train,generate,scaling,audio_generate,all}``: the performance benchmarks.
 
 Each writes ``<out>/<name>.json`` (every raw timing, the machine, the versions) and
 ``<out>/<name>.md``; ``scaling`` also ``scaling.png``; ``all`` also ``README.md`` joining the
@@ -15,9 +15,10 @@ from pathlib import Path
 
 log = logging.getLogger("mambaseq.bench")
 
-HELP = "benchmarks: selective scan, training and generation vs a Transformer, scaling to 2^20"
+HELP = ("benchmarks: selective scan, training and generation vs a Transformer, scaling to "
+        "2^20, audio generation step vs forward")
 
-BENCHES = ("scan", "train", "generate", "scaling")
+BENCHES = ("scan", "train", "generate", "scaling", "audio_generate")
 
 
 def add_arguments(parser):
@@ -40,6 +41,8 @@ SMOKE = {
                      compile=False),
     "train": dict(d_model=32, n_layer=2, lengths=[64], repeats=1),
     "scaling": dict(d_model=16, log2_lengths=[8, 9], repeats=1),
+    "audio_generate": dict(preset="tiny", sample_rate=8000, seconds=0.03, check=60,
+                           forward_points=2, repeats=1),
 }
 
 

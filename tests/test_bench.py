@@ -114,7 +114,7 @@ def test_report_helpers():
 
 def test_bench_all_smoke_writes_json_markdown_png(tmp_path):
     assert cli_main(["bench", "all", "--smoke", "--out", str(tmp_path)]) == 0
-    for name in ("scan", "train", "generate", "scaling"):
+    for name in ("scan", "train", "generate", "scaling", "audio_generate"):
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["meta"]["torch"] == torch.__version__
         assert "load_average_1_5_15" in data["meta"]
@@ -130,5 +130,8 @@ def test_bench_all_smoke_writes_json_markdown_png(tmp_path):
     assert set(scaling["slopes"]) == {"backbone_time", "backbone_memory", "embed_time",
                                       "embed_memory"}
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    audio = json.loads((tmp_path / "audio_generate.json").read_text())
+    assert audio["n_samples"] == 240 and audio["step_vs_forward_max_abs_diff"] < 1e-3
+    assert set(audio["forward_seconds"]) == {"120", "240"} and audio["rerun_over_generation"] > 0
     assert (tmp_path / "README.md").exists()
     assert json.loads((tmp_path / "config.json").read_text())["which"] == "all"
