@@ -72,7 +72,17 @@ class RCEmbedding(nn.Module):
         self.register_buffer("complement", comp.to(device), persistent=False)
 
     def forward(self, ids):
+        """ids (...,) -> (..., D)."""
         return torch.cat([self.embedding(ids), self.embedding(self.complement[ids]).flip(-1)], -1)
+
+    def unembed(self, h):
+        """The tied output head (Caduceus ``RCPSLMHead``): h (..., D) in the RC-equivariant
+        layout [a | b] -> logits (..., V) = E a + complement-permuted(E flip(b)), so that
+        the logits of RC(h) are those of h reversed along L with every token's score moved
+        to its complement's."""
+        half = self.embedding.weight.shape[1]
+        return (F.linear(h[..., :half], self.embedding.weight)
+                + F.linear(h[..., half:].flip(-1), self.embedding.weight)[..., self.complement])
 
 
 @dataclass

@@ -73,7 +73,8 @@ def add_arguments(parser):
     g.add_argument("--pooling", choices=("mean", "max", "last"), default="mean")
     g.add_argument("--init-from", metavar="DIR", default=None,
                    help="start from a pretrained model's embedding and backbone "
-                        "(pretrain-genome: clm for --causal, mlm otherwise)")
+                        "(pretrain-genome: clm for --causal, mlm otherwise, an "
+                        "--rc-equivariant mlm for --rc-invariant)")
     g.add_argument("--eval-per-class", type=int, default=50,
                    help="fixed validation/test windows per species")
     g.add_argument("--baseline-per-class", type=int, default=200,
@@ -99,7 +100,8 @@ def build_model(args, cfg, n_classes, tokenizer):
         except (RuntimeError, AttributeError) as err:
             raise ValueError(f"--init-from {args.init_from}: its {type(pre).__name__} does not "
                              f"fit this classifier (same --d-model/--n-layer/--d-state, "
-                             f"--causal for a clm model, no --rc-invariant): "
+                             f"--causal for a clm model, --rc-invariant for an "
+                             f"--rc-equivariant mlm model): "
                              f"{str(err).splitlines()[0]}") from None
     return model
 

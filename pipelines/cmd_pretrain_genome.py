@@ -41,6 +41,9 @@ def add_arguments(parser):
     g.add_argument("--objective", choices=("clm", "mlm"), default="clm",
                    help="clm: next-base prediction, causal MambaLM; mlm: masked bases, "
                         "bidirectional MaskedLM")
+    g.add_argument("--rc-equivariant", action="store_true",
+                   help="mlm only: reverse-complement equivariant model (Caduceus-PS), which "
+                        "initialises a classify-species --rc-invariant classifier")
     g.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the bases held out for validation")
     g.add_argument("--split-by", choices=("auto", "record", "position"), default="auto",
@@ -110,6 +113,9 @@ def make_mlm_eval(data, seq_len, n_batches=4, batch_size=8):
 
 
 def run(args):
+    if args.rc_equivariant and args.objective != "mlm":
+        raise ValueError("--rc-equivariant needs --objective mlm (a causal model reads one "
+                         "strand)")
     cfg = TrainConfig.from_args(args)
     tokenizer = CharTokenizer(strict=args.strict)
     source = open_sequences(args.fasta, decompress_gzip=args.decompress_gzip)
@@ -130,7 +136,9 @@ def run(args):
         val_texts = region_text(source, splits["val"], args.val_bases)
         eval_fn = make_clm_eval(val_texts, tokenizer)
     else:
-        model = MaskedLM(tokenizer.vocab_size, cfg.d_model, cfg.n_layer, d_state=args.d_state)
+        model = MaskedLM(tokenizer.vocab_size, cfg.d_model, cfg.n_layer, d_state=args.d_state,
+                         rc_equivariant=args.rc_equivariant,
+                         complement=tokenizer.complement_map.tolist() if args.rc_equivariant else None)
         loss_fn = mlm_loss
         val_data = GenomeWindows(source, splits["val"], rc_augment=False, **common)
         eval_fn = make_mlm_eval(val_data, cfg.seq_len)

@@ -42,6 +42,26 @@ def test_rc_invariant_classifier_gives_same_logits_on_both_strands():
                               plain(rc, ids["attention_mask"]), atol=1e-5)
 
 
+def test_rc_equivariant_masked_lm_logits_follow_the_reverse_complement():
+    from mamba_bio.heads import MaskedLM
+    tok = CharTokenizer()
+    torch.manual_seed(0)
+    mlm = MaskedLM(tok.vocab_size, 16, 2, rc_equivariant=True,
+                   complement=tok.complement_map.tolist())
+    ids = tok.encode("ACGGTCAGTTACNNAG")[None]
+    ids[0, 3] = tok.mask_id
+    logits = mlm(ids)                                                      # (1, L, V)
+    rc_logits = mlm(tok.reverse_complement_ids(ids))
+    # position t of the RC is position L-1-t of the original, each base scored as its complement
+    expected = logits.flip(1)[..., tok.complement_map]
+    torch.testing.assert_close(rc_logits, expected, atol=1e-5, rtol=1e-5)
+    plain = MaskedLM(tok.vocab_size, 16, 2)
+    assert not torch.allclose(plain(tok.reverse_complement_ids(ids)),
+                              plain(ids).flip(1)[..., tok.complement_map], atol=1e-3)
+    with pytest.raises(ValueError, match="complement map"):
+        MaskedLM(tok.vocab_size, 16, 2, rc_equivariant=True)
+
+
 def test_chunked_inference_equals_whole():
     tok = CharTokenizer()
     torch.manual_seed(0)
@@ -104,6 +124,24 @@ def test_mlm_pretraining_initialises_a_classifier(sim, tmp_path, capsys):
                  "--out", str(tmp_path / "bad"), "--init-from", str(out / "model"),
                  "--causal", "--steps", "1", "--seq-len", "32", *TINY]) == 1
     assert "does not fit this classifier" in capsys.readouterr().err
+
+    # An RC-equivariant MLM initialises an RC-invariant classifier (and only that one).
+    rc = tmp_path / "mlm_rc"
+    assert main(["pretrain-genome", "--fasta", str(sim["a"]), "--objective", "mlm",
+                 "--rc-equivariant", "--out", str(rc), "--steps", "2", "--seq-len", "32",
+                 *TINY]) == 0
+    assert core.load_pretrained(rc / "model").config.rc_equivariant
+    assert main(["classify-species", "--species", f"a={sim['a']}", f"b={sim['b']}",
+                 "--out", str(tmp_path / "cls_rc"), "--init-from", str(rc / "model"),
+                 "--rc-invariant", "--steps", "1", "--seq-len", "32", "--eval-per-class", "2",
+                 "--baseline-per-class", "4", "--kmer", "1", *TINY]) == 0
+    assert main(["classify-species", "--species", f"a={sim['a']}", f"b={sim['b']}",
+                 "--out", str(tmp_path / "bad_rc"), "--init-from", str(rc / "model"),
+                 "--steps", "1", "--seq-len", "32", *TINY]) == 1
+    assert "--rc-invariant for an --rc-equivariant mlm" in capsys.readouterr().err
+    assert main(["pretrain-genome", "--fasta", str(sim["a"]), "--rc-equivariant",
+                 "--out", str(tmp_path / "x"), "--steps", "1", *TINY]) == 1
+    assert "--rc-equivariant needs --objective mlm" in capsys.readouterr().err
 
 
 def test_classify_species_cross_validation(sim, tmp_path, capsys):
