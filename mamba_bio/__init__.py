@@ -4,7 +4,8 @@ datasets with region-disjoint splits, an evolutionary simulator, metrics and bas
 Coordinates are 0-based and end-exclusive (BED style). Never imports ``mamba_audio``.
 """
 from .bed import read_bed
-from .datasets import GenomeWindows, SpeciesWindows, WindowSampler, mlm_mask, split_regions
+from .datasets import (GenomeWindows, PooledSampler, SpeciesWindows, WindowSampler, fold_ranges,
+                       mlm_mask, split_regions)
 from .fasta import Genome, Records, Window, iter_windows, n_fraction, open_sequences
 from .metrics import (best_markov_perplexity, classification_report, kmer_baseline,
                       kmer_features, lm_metrics, markov_nll, plot_confusion)
@@ -13,7 +14,8 @@ from .tokenizers import CharTokenizer, KmerTokenizer, reverse_complement, revers
 __all__ = [
     "CharTokenizer", "KmerTokenizer", "reverse_complement", "reverse_complement_ids",
     "Genome", "Records", "Window", "open_sequences", "iter_windows", "n_fraction", "read_bed",
-    "split_regions", "WindowSampler", "GenomeWindows", "SpeciesWindows", "mlm_mask",
+    "split_regions", "fold_ranges", "WindowSampler", "PooledSampler", "GenomeWindows",
+    "SpeciesWindows", "mlm_mask",
     "simulate_genomes", "write_fasta", "write_species_fastas", "MaskedLM",
     "lm_metrics", "classification_report", "plot_confusion", "kmer_features", "kmer_baseline",
     "markov_nll", "best_markov_perplexity",

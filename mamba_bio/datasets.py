@@ -119,13 +119,19 @@ class WindowSampler:
         self.max_n_frac, self.max_tries = max_n_frac, max_tries
         self.where = str(getattr(source, "path", "sequences"))   # for error messages
 
+    def n_starts(self, length: int) -> int:
+        """How many windows of ``length`` bases the regions hold."""
+        return sum(max(r.end - r.start - length + 1, 0) for r in self.regions)
+
+    def longest(self) -> int:
+        return max((r.end - r.start for r in self.regions), default=0)
+
     def sample(self, rng: np.random.Generator, length: int) -> tuple[Window, str]:
         """One window (on strand "+") and its bases."""
         starts = np.array([r.end - r.start - length + 1 for r in self.regions])
         if (starts <= 0).all():
-            longest = max((r.end - r.start for r in self.regions), default=0)
             raise ValueError(f"{self.where}: no region holds a window of {length} bases "
-                             f"(longest region {longest})")
+                             f"(longest region {self.longest()})")
         p = starts.clip(min=0) / starts.clip(min=0).sum()
         for _ in range(self.max_tries):
             r = self.regions[rng.choice(len(self.regions), p=p)]
@@ -135,6 +141,28 @@ class WindowSampler:
                 return Window(r.name, start, start + length), seq
         raise ValueError(f"{self.where}: no window of {length} bases with at most "
                          f"{self.max_n_frac:.0%} N found in {self.max_tries} draws")
+
+
+class PooledSampler:
+    """Windows from several ``WindowSampler`` (e.g. one per FASTA file): a sampler is chosen
+    in proportion to the windows it holds, then a window inside it.
+
+    Args:
+        samplers (list of WindowSampler), where (str): names them in error messages.
+    """
+
+    def __init__(self, samplers, where: str):
+        self.samplers, self.where = list(samplers), where
+
+    def sample(self, rng: np.random.Generator, length: int) -> tuple[WindowSampler, Window, str]:
+        """(the sampler drawn from, a window on strand "+", its bases)."""
+        starts = np.array([s.n_starts(length) for s in self.samplers], dtype=float)
+        if starts.sum() <= 0:
+            longest = max((s.longest() for s in self.samplers), default=0)
+            raise ValueError(f"{self.where}: no region holds a window of {length} bases "
+                             f"(longest region {longest})")
+        sampler = self.samplers[rng.choice(len(self.samplers), p=starts / starts.sum())]
+        return (sampler, *sampler.sample(rng, length))
 
 
 def mlm_mask(ids: torch.Tensor, rng: np.random.Generator, tokenizer: CharTokenizer,
@@ -158,11 +186,13 @@ def mlm_mask(ids: torch.Tensor, rng: np.random.Generator, tokenizer: CharTokeniz
 
 
 class GenomeWindows:
-    """Pretraining batches: random windows from regions of a genome.
+    """Pretraining batches: random windows from regions of a genome (one or several files).
 
     Args:
-        source: ``Genome`` or ``Records``.
-        regions (list of Window): where windows are drawn (e.g. ``split_regions(...)["train"]``).
+        source: ``Genome`` or ``Records``, or a list of them (e.g. one per FASTA file).
+        regions (list of Window): where windows are drawn (e.g. ``split_regions(...)["train"]``);
+            with a list of sources, one such list per source (windows are then spread over
+            the sources in proportion to the windows each holds).
         tokenizer (CharTokenizer, default CharTokenizer()).
         objective ("clm" or "mlm"): "mlm" adds BERT masking and "labels".
         rc_augment (bool, True): each window is reverse-complemented with probability 1/2.
@@ -182,7 +212,14 @@ class GenomeWindows:
                  seed: int = 0):
         if objective not in ("clm", "mlm"):
             raise ValueError(f"objective must be 'clm' or 'mlm', got {objective!r}")
-        self.sampler = WindowSampler(source, regions, max_n_frac)
+        if isinstance(source, (list, tuple)):
+            if len(regions) != len(source):
+                raise ValueError(f"{len(source)} sources need as many region lists, "
+                                 f"got {len(regions)}")
+            samplers = [WindowSampler(s, r, max_n_frac) for s, r in zip(source, regions)]
+        else:
+            samplers = [WindowSampler(source, regions, max_n_frac)]
+        self.sampler = PooledSampler(samplers, ", ".join(s.where for s in samplers))
         self.tokenizer = tokenizer or CharTokenizer()
         self.objective, self.rc_augment, self.seed = objective, rc_augment, seed
 
@@ -192,8 +229,8 @@ class GenomeWindows:
         rng = np.random.default_rng([self.seed, step, rank])
         seqs = []
         for _ in range(batch_size):
-            win, seq = self.sampler.sample(rng, seq_len)
-            ids = self.tokenizer.encode(seq, source=f"{self.sampler.where}:{win.name}:{win.start}")
+            sampler, win, seq = self.sampler.sample(rng, seq_len)
+            ids = self.tokenizer.encode(seq, source=f"{sampler.where}:{win.name}:{win.start}")
             if self.rc_augment and rng.random() < 0.5:
                 ids = self.tokenizer.reverse_complement_ids(ids)
             seqs.append(ids)
@@ -232,7 +269,7 @@ class SpeciesWindows:
         self.classes = list(species)
         self.tokenizer = tokenizer or CharTokenizer()
         self.rc_augment, self.seed = rc_augment, seed
-        self.samplers = {s: [] for s in SPLITS}     # split -> per class: list of samplers
+        self.samplers = {s: [] for s in SPLITS}     # split -> per class: PooledSampler
         for name, sources in species.items():
             per_split = {s: [] for s in SPLITS}
             for src in sources:
@@ -242,24 +279,23 @@ class SpeciesWindows:
                     if regions:
                         per_split[split].append(WindowSampler(src, regions, max_n_frac))
             for split in SPLITS:
-                self.samplers[split].append(per_split[split])
+                self.samplers[split].append(PooledSampler(per_split[split],
+                                                          f"species {name!r} ({split})"))
 
     def regions(self, split: str) -> list[list[tuple[str, Window]]]:
         """Per class: (source path, region) of ``split`` (for checks and reports)."""
-        return [[(str(getattr(s.source, "path", "")), r) for s in samplers for r in s.regions]
-                for samplers in self.samplers[split]]
+        return [[(str(getattr(s.source, "path", "")), r) for s in pooled.samplers
+                 for r in s.regions] for pooled in self.samplers[split]]
 
     def _encode(self, sampler, win, seq):
         return self.tokenizer.encode(seq, source=f"{sampler.where}:{win.name}:{win.start}")
 
     def _draw(self, rng, split, label, seq_len):
         """(sampler, window, bases) of one window of class ``label`` from ``split``."""
-        samplers = self.samplers[split][label]
-        if not samplers:
+        pooled = self.samplers[split][label]
+        if not pooled.samplers:
             raise ValueError(f"species {self.classes[label]!r} has no {split} region")
-        sizes = np.array([sum(r.end - r.start for r in s.regions) for s in samplers], float)
-        sampler = samplers[rng.choice(len(samplers), p=sizes / sizes.sum())]
-        return (sampler, *sampler.sample(rng, seq_len))
+        return pooled.sample(rng, seq_len)
 
     def get_batch(self, step: int, seq_len: int, batch_size: int, rank: int = 0,
                   world_size: int = 1, split: str = "train") -> dict:

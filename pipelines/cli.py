@@ -136,6 +136,8 @@ def _convert(action: argparse.Action, key: str, value, path):
         if not isinstance(value, bool):
             raise ValueError(f"{where}: expected true or false, got {value!r}")
         return value
+    if action.nargs in ("*", "+") and isinstance(value, str):
+        value = [value]                       # one item of a list option, e.g. fasta: a.fa
     if isinstance(action.nargs, int) or action.nargs in ("*", "+"):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")

@@ -5,6 +5,8 @@
 
 Training windows come from the train split, the validation loss from the disjoint val split
 (by chromosome when there are several, else the last ``--val-fraction`` of each record).
+Several FASTA files (e.g. one per chromosome or per genome) are each split that way and
+pooled, windows spread over them in proportion to their size.
 For clm the validation is the whole val split read in one causal pass (state passed between
 chunks), so ``val_loss`` is the exact per-base NLL there; the report adds the perplexity of
 the best order-k Markov model fit on the train split, the baseline to beat.
@@ -35,9 +37,10 @@ MARKOV_MAX_BASES = 20_000_000      # the Markov baseline reads the splits into m
 def add_arguments(parser):
     add_training_args(parser)
     g = parser.add_argument_group("genome")
-    g.add_argument("--fasta", required=True, help="FASTA (plain or bgzip) to pretrain on")
+    g.add_argument("--fasta", required=True, nargs="+",
+                   help="FASTA files (plain or bgzip) to pretrain on")
     g.add_argument("--bed", default=None, help="BED file: train/validate only inside these "
-                                               "intervals")
+                                               "intervals (chromosomes of any --fasta file)")
     g.add_argument("--objective", choices=("clm", "mlm"), default="clm",
                    help="clm: next-base prediction, causal MambaLM; mlm: masked bases, "
                         "bidirectional MaskedLM")
@@ -76,16 +79,32 @@ def mlm_loss(model, batch):
             int((labels != -100).sum()))
 
 
-def region_text(source, regions, max_bases=None):
-    """The bases of ``regions`` as one list of strings, cut at ``max_bases`` in total."""
+def region_text(sources, regions, max_bases=None):
+    """The bases of ``regions[i]`` of every ``sources[i]`` as one list of strings, cut at
+    ``max_bases`` in total."""
     out, left = [], max_bases if max_bases is not None else math.inf
-    for r in regions:
+    for source, r in ((s, r) for s, rs in zip(sources, regions) for r in rs):
         if left <= 0:
             break
         end = r.end if left == math.inf else min(r.end, r.start + int(left))
         out.append(source.fetch(r.name, r.start, end))
         left -= end - r.start
     return out
+
+
+def file_regions(sources, bed):
+    """Per source, the BED intervals on its chromosomes (None per source without a BED)."""
+    if bed is None:
+        return [None] * len(sources)
+    lengths = {}
+    for src in sources:
+        for name, n in src.lengths.items():
+            if name in lengths:
+                raise ValueError(f"--bed: chromosome {name!r} is in more than one --fasta file, "
+                                 f"so the BED intervals on it are ambiguous")
+            lengths[name] = n
+    intervals = read_bed(bed, lengths=lengths)
+    return [[w for w in intervals if w.name in src.lengths] for src in sources]
 
 
 def make_clm_eval(val_texts, tokenizer):
@@ -118,42 +137,44 @@ def run(args):
                          "strand)")
     cfg = TrainConfig.from_args(args)
     tokenizer = CharTokenizer(strict=args.strict)
-    source = open_sequences(args.fasta, decompress_gzip=args.decompress_gzip)
-    regions = read_bed(args.bed, lengths=source.lengths) if args.bed else None
-    splits = split_regions(source, (1 - args.val_fraction, args.val_fraction, 0.0),
-                           by=args.split_by, regions=regions)
-    if not splits["val"]:
+    sources = [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in args.fasta]
+    per_file = [split_regions(src, (1 - args.val_fraction, args.val_fraction, 0.0),
+                              by=args.split_by, regions=regions)
+                for src, regions in zip(sources, file_regions(sources, args.bed))]
+    splits = {k: [sp[k] for sp in per_file] for k in ("train", "val")}   # per file
+    if not any(splits["val"]):
         raise ValueError("the validation split is empty; raise --val-fraction")
     seed_everything(cfg.seed)
     common = dict(tokenizer=tokenizer, objective=args.objective, max_n_frac=args.max_n_frac,
                   seed=cfg.seed)
-    train_data = GenomeWindows(source, splits["train"], rc_augment=not args.no_rc_augment,
+    train_data = GenomeWindows(sources, splits["train"], rc_augment=not args.no_rc_augment,
                                **common)
     if args.objective == "clm":
         model = core.MambaLM(tokenizer.vocab_size, cfg.d_model, cfg.n_layer,
                              d_state=args.d_state)
         loss_fn = clm_loss
-        val_texts = region_text(source, splits["val"], args.val_bases)
+        val_texts = region_text(sources, splits["val"], args.val_bases)
         eval_fn = make_clm_eval(val_texts, tokenizer)
     else:
         model = MaskedLM(tokenizer.vocab_size, cfg.d_model, cfg.n_layer, d_state=args.d_state,
                          rc_equivariant=args.rc_equivariant,
                          complement=tokenizer.complement_map.tolist() if args.rc_equivariant else None)
         loss_fn = mlm_loss
-        val_data = GenomeWindows(source, splits["val"], rc_augment=False, **common)
+        val_data = GenomeWindows(sources, splits["val"], rc_augment=False, **common)
         eval_fn = make_mlm_eval(val_data, cfg.seq_len)
     summary = train(model, loss_fn, train_data.get_batch, cfg, eval_fn=eval_fn)
     tokenizer.save(summary["model_dir"])
 
     report = {"objective": args.objective, "steps": summary["step"],
               "train_loss": summary["loss"], "val": summary["val"],
-              "splits": {k: [f"{r.name}:{r.start}-{r.end}" for r in v]
+              "splits": {k: [f"{Path(f).name}:{r.name}:{r.start}-{r.end}"
+                             for f, rs in zip(args.fasta, v) for r in rs]
                          for k, v in splits.items()}}
     if args.objective == "clm":
-        train_bases = sum(r.end - r.start for r in splits["train"])
+        train_bases = sum(r.end - r.start for rs in splits["train"] for r in rs)
         if train_bases + sum(map(len, val_texts)) <= MARKOV_MAX_BASES:
             # Fit on the train split, score the same val bases as the model.
-            markov = best_markov_perplexity("N".join(region_text(source, splits["train"])),
+            markov = best_markov_perplexity("N".join(region_text(sources, splits["train"])),
                                             "N".join(val_texts))
             report["markov_baseline"] = markov
     Path(cfg.out, "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -111,6 +111,22 @@ def test_pretrain_eval_embed_and_classify_on_simulated_genomes(sim, tmp_path, ca
     assert (cls / "confusion.png").is_file()
 
 
+def test_pretrain_on_several_fasta_files(sim, tmp_path, capsys):
+    out = tmp_path / "multi"
+    assert main(["pretrain-genome", "--fasta", str(sim["a"]), str(sim["b"]), "--out", str(out),
+                 "--steps", "2", "--seq-len", "32", "--val-bases", "300", *TINY]) == 0
+    report = json.loads((out / "report.json").read_text())
+    files = {entry.split(":")[0] for entry in report["splits"]["train"] + report["splits"]["val"]}
+    assert files == {sim["a"].name, sim["b"].name}
+    assert report["val"]["tokens"] == 300 and report["markov_baseline"]["perplexity"] > 1
+    # the two files share chromosome names: a BED over them is ambiguous
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr1\t0\t500\n")
+    assert main(["pretrain-genome", "--fasta", str(sim["a"]), str(sim["b"]), "--bed", str(bed),
+                 "--out", str(tmp_path / "x"), "--steps", "1", *TINY]) == 1
+    assert "in more than one --fasta file" in capsys.readouterr().err
+
+
 def test_mlm_pretraining_initialises_a_classifier(sim, tmp_path, capsys):
     out = tmp_path / "mlm"
     assert main(["pretrain-genome", "--fasta", str(sim["a"]), "--objective", "mlm",
