@@ -42,11 +42,17 @@ def test_jobs_end_to_end_on_demo_audio(tmp_path, capsys):
     capsys.readouterr()
 
     assert cli.main(["eval-audio", "--model", str(run / "model"), "--data", str(data),
-                     "--subset", "test", "--test-speakers", "spk1"]) == 0
+                     "--subset", "test", "--test-speakers", "spk1", "--markov-baseline"]) == 0
     result = _last_json(capsys.readouterr().out)
     assert {"bits_per_sample", "samples"} <= set(result)
     assert result["samples"] == 3 * (2000 - 1) and result["files"] == 3
     assert 0 < result["bits_per_sample"] < 9
+    markov = result["markov_bits_per_sample"]
+    assert set(markov) == {"order_0", "order_1", "order_2"}
+    assert markov["order_1"] < markov["order_0"] < 8.0      # the synthetic speech is predictable
+    assert cli.main(["eval-audio", "--model", str(run / "model"), "--data", str(data),
+                     "--markov-baseline"]) == 1
+    assert "--markov-baseline needs --subset test" in capsys.readouterr().err
 
     gen = tmp_path / "gen"
     prime = data / "0_spk0_0.wav"
