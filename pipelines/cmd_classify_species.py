@@ -66,6 +66,10 @@ def add_arguments(parser):
                    help="k-fold cross-validation: K models, each tested on its own 1/K block of "
                         "every genome (validation: the --fractions val share beside it); the "
                         "report pools the K test sets (0: one split, --split-by)")
+    g.add_argument("--no-rc-augment", action="store_true",
+                   help="train on the given strand only (by default half of the training "
+                        "windows are reverse-complemented, which hides strand asymmetry, a "
+                        "species signal in mitogenomes)")
     g.add_argument("--causal", action="store_true",
                    help="causal MambaBackbone instead of the bidirectional one")
     g.add_argument("--rc-invariant", action="store_true",
@@ -128,7 +132,7 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
     "scored_model", "test_regions"}.
     """
     data = SpeciesWindows(species, fractions=args.fractions, by=by, tokenizer=tokenizer,
-                          seed=cfg.seed, fold=fold)
+                          rc_augment=not args.no_rc_augment, seed=cfg.seed, fold=fold)
     val_x, val_y = data.fixed_windows("val", cfg.seq_len, args.eval_per_class)
     test_x, test_y = data.fixed_windows("test", cfg.seq_len, args.eval_per_class)
 

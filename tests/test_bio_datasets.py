@@ -72,6 +72,17 @@ def test_species_windows_never_cross_splits(species_files):
         ds.fixed_windows("test", seq_len=1000, per_class=1)
 
 
+@pytest.mark.parametrize("rc_augment", [True, False])
+def test_species_training_strand(species_files, rc_augment):
+    sources = {k: [Records(v)] for k, v in species_files.items()}
+    ds = SpeciesWindows(sources, rc_augment=rc_augment, seed=2)
+    genomes = [Records(species_files[c]).fetch("chr1", 0, 3000) for c in ds.classes]
+    batch = ds.get_batch(0, seq_len=60, batch_size=16)
+    on_plus = [ds.tokenizer.decode(row) in genomes[y]
+               for row, y in zip(batch["input_ids"], batch["labels"].tolist())]
+    assert all(on_plus) if not rc_augment else not all(on_plus)
+
+
 def test_species_folds_rotate_the_test_block(species_files):
     sources = {k: [Records(v)] for k, v in species_files.items()}
     tested = set()
