@@ -12,7 +12,7 @@ from .backbone import MambaBackbone, MambaBackboneConfig
 from .bimamba import (BiMamba, BiMambaBackbone, BiMambaBackboneConfig,
                       reverse_complement_hidden)
 from .heads import (MambaLM, MambaLMConfig, RCEmbedding, SequenceClassifier,
-                    SequenceClassifierConfig, pool_hidden)
+                    SequenceClassifierConfig, TokenModelConfig, pool_hidden, token_embedding)
 from .multiscale import (MultiscaleBackbone, MultiscaleBackboneConfig, MultiscaleState,
                          get_pooling, linear_pooling, register_pooling)
 from .sampling import sample_logits, top_k_filter, top_p_filter
@@ -23,7 +23,7 @@ __all__ = ["Mamba", "MambaState", "selective_scan", "selective_scan_ref",
            "RMSNorm", "MambaBackbone", "MambaBackboneConfig",
            "BiMamba", "BiMambaBackbone", "BiMambaBackboneConfig", "reverse_complement_hidden",
            "MambaLM", "MambaLMConfig", "SequenceClassifier", "SequenceClassifierConfig",
-           "RCEmbedding", "pool_hidden",
+           "RCEmbedding", "TokenModelConfig", "token_embedding", "pool_hidden",
            "MultiscaleBackbone", "MultiscaleBackboneConfig", "MultiscaleState",
            "register_pooling", "get_pooling",
            "linear_pooling", "sample_logits", "top_k_filter", "top_p_filter",

@@ -85,8 +85,22 @@ class RCEmbedding(nn.Module):
                 + F.linear(h[..., half:].flip(-1), self.embedding.weight)[..., self.complement])
 
 
+def token_embedding(vocab_size, d_model, complement=None, device=None, dtype=None):
+    """The input embedding of the token models: ``nn.Embedding`` (V, D), or with a token
+    ``complement`` map the reverse-complement equivariant ``RCEmbedding``; normal(0, 0.02)
+    init (mamba_ssm's initializer_range)."""
+    if complement is None:
+        emb = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        nn.init.normal_(emb.weight, std=0.02)
+        return emb
+    emb = RCEmbedding(vocab_size, d_model, complement, device=device, dtype=dtype)
+    nn.init.normal_(emb.embedding.weight, std=0.02)
+    return emb
+
+
 @dataclass
-class MambaLMConfig:
+class TokenModelConfig:
+    """The fields every token model shares (its constructor's leading arguments)."""
     vocab_size: int                   # V
     d_model: int                      # D
     n_layer: int
@@ -94,6 +108,10 @@ class MambaLMConfig:
     d_conv: int = 4                   # K
     expand: int = 2                   # E = expand * D
     norm_eps: float = 1e-5
+
+
+@dataclass
+class MambaLMConfig(TokenModelConfig):
     chunk_size: int = DEFAULT_CHUNK
 
 
@@ -117,8 +135,7 @@ class MambaLM(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = MambaLMConfig(vocab_size, d_model, n_layer, d_state, d_conv, expand,
                                     norm_eps, chunk_size)
-        self.embedding = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
-        nn.init.normal_(self.embedding.weight, std=0.02)   # mamba_ssm's initializer_range
+        self.embedding = token_embedding(vocab_size, d_model, device=device, dtype=dtype)
         self.backbone = MambaBackbone(d_model, n_layer, d_state, d_conv, expand, norm_eps,
                                       chunk_size, device=device, dtype=dtype)
 
@@ -235,12 +252,8 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
             vocab_size, d_model, n_layer, num_classes, pooling, bidirectional, rc_equivariant,
             complement, d_state, d_conv, expand, norm_eps, chunk_size)
         factory = {"device": device, "dtype": dtype}
-        if rc_equivariant:
-            self.embedding = RCEmbedding(vocab_size, d_model, complement, **factory)
-            nn.init.normal_(self.embedding.embedding.weight, std=0.02)
-        else:
-            self.embedding = nn.Embedding(vocab_size, d_model, **factory)
-            nn.init.normal_(self.embedding.weight, std=0.02)
+        self.embedding = token_embedding(vocab_size, d_model,
+                                         complement if rc_equivariant else None, **factory)
         kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, norm_eps=norm_eps,
                   chunk_size=chunk_size, **factory)
         if bidirectional:

@@ -10,19 +10,12 @@ from typing import Optional
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core import BiMambaBackbone, RCEmbedding
+from core import BiMambaBackbone, TokenModelConfig, token_embedding
 from core.pretrained import PretrainedMixin
 
 
 @dataclass
-class MaskedLMConfig:
-    vocab_size: int                   # V
-    d_model: int                      # D
-    n_layer: int
-    d_state: int = 16                 # N
-    d_conv: int = 4                   # K
-    expand: int = 2                   # E = expand * D
-    norm_eps: float = 1e-5
+class MaskedLMConfig(TokenModelConfig):
     rc_equivariant: bool = False      # Caduceus-PS: RC-equivariant embedding, backbone, head
     complement: Optional[list] = None  # token id -> complement id (rc_equivariant only)
 
@@ -53,12 +46,8 @@ class MaskedLM(PretrainedMixin, nn.Module):
         self.config = MaskedLMConfig(vocab_size, d_model, n_layer, d_state, d_conv, expand,
                                      norm_eps, rc_equivariant, complement)
         factory = {"device": device, "dtype": dtype}
-        if rc_equivariant:
-            self.embedding = RCEmbedding(vocab_size, d_model, complement, **factory)
-            nn.init.normal_(self.embedding.embedding.weight, std=0.02)
-        else:
-            self.embedding = nn.Embedding(vocab_size, d_model, **factory)
-            nn.init.normal_(self.embedding.weight, std=0.02)
+        self.embedding = token_embedding(vocab_size, d_model,
+                                         complement if rc_equivariant else None, **factory)
         self.backbone = BiMambaBackbone(d_model, n_layer, d_state, d_conv, expand, norm_eps,
                                         rc_equivariant=rc_equivariant, **factory)
 
