@@ -7,7 +7,7 @@ Dimension names: B batch, L length (samples), C classes (2**bits, 256 by default
 from .datasets import (FSDD_SPEAKER_REGEX, AudioClips, find_audio_files, speakers_from_csv,
                        speakers_from_regex, split_files)
 from .io import AudioFileError, load_audio, save_audio
-from .metrics import markov_bits_per_sample, nll_bits
+from .metrics import clip_stats, markov_bits_per_sample, nll_bits
 from .model import PRESETS, AudioLM, AudioLMConfig, stream_nll_bits
 from .quantize import Quantizer, linear_decode, linear_encode, mu_law_decode, mu_law_encode
 from .sampler import GenerationResult, generate, save_clips
@@ -20,5 +20,5 @@ __all__ = [
     "FSDD_SPEAKER_REGEX", "AudioClips",
     "speech_like", "Voice", "write_demo_corpus",
     "AudioLM", "AudioLMConfig", "PRESETS", "generate", "GenerationResult", "save_clips",
-    "nll_bits", "stream_nll_bits", "markov_bits_per_sample",
+    "nll_bits", "stream_nll_bits", "markov_bits_per_sample", "clip_stats",
 ]

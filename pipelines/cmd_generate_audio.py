@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from mamba_audio.io import load_audio
+from mamba_audio.metrics import clip_stats
 from mamba_audio.model import AudioLM
 from mamba_audio.sampler import generate, save_clips
 
@@ -72,7 +73,17 @@ def run(args):
         "primed_samples": result.n_prime,
         "samples_per_second": round(result.samples_per_second, 1),
         "slowdown_last_vs_first": round(float(steps[-window:].mean() / steps[:window].mean()),
-                                        3)}))
+                                        3),
+        "generated": median_stats([load_audio(p)[0][result.n_prime:] for p in paths]),
+        **({"real": median_stats([load_audio(p, sample_rate=rate, normalize="peak")[0]
+                                  for p in args.compare])} if args.compare else {})}))
+
+
+def median_stats(clips: list[torch.Tensor]) -> dict:
+    """Median over ``clips`` ((L,) waveforms) of each ``clip_stats`` figure: the level,
+    clipping, silence and noisiness of a batch at a glance."""
+    rows = [clip_stats(c) for c in clips]
+    return {k: round(float(torch.tensor([r[k] for r in rows]).median()), 5) for k in rows[0]}
 
 
 def plot_spectrograms(clips: list[tuple[str, str]], sample_rate: int, out_png) -> Path:

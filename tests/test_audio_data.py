@@ -8,7 +8,7 @@ import torch
 from mamba_audio.datasets import (AudioClips, find_audio_files, speakers_from_csv,
                                   speakers_from_regex, split_files)
 from mamba_audio.io import AudioFileError, load_audio, save_audio
-from mamba_audio.metrics import markov_bits_per_sample, nll_bits
+from mamba_audio.metrics import clip_stats, markov_bits_per_sample, nll_bits
 from mamba_audio.quantize import Quantizer, linear_encode, mu_law_decode, mu_law_encode
 from mamba_audio.synth import Voice, speech_like, write_demo_corpus
 
@@ -261,3 +261,32 @@ def test_markov_baseline_learns_a_chain():
     assert markov_bits_per_sample(clips, unseen, order=1) == pytest.approx(8.0, abs=0.01)
     with pytest.raises(ValueError, match="order"):
         markov_bits_per_sample(clips, clips, order=3)
+
+
+def test_clip_stats_tell_noise_tone_silence_and_clipping_apart():
+    g = torch.Generator().manual_seed(0)
+    noise = clip_stats(0.3 * torch.randn(8000, generator=g))
+    tone = clip_stats(0.5 * torch.sin(torch.arange(8000) * 2 * torch.pi * 440 / 8000))
+    assert noise["spectral_flatness"] > 0.4 and tone["spectral_flatness"] < 0.05
+    assert abs(tone["rms_db"] - 20 * np.log10(0.5 / np.sqrt(2))) < 0.05
+    assert noise["silent_fraction"] == tone["silent_fraction"] == 0.0
+    assert noise["clipped_fraction"] == tone["clipped_fraction"] == 0.0
+
+    half_silent = torch.cat([torch.zeros(4000), 0.3 * torch.randn(4000, generator=g)])
+    assert 0.4 < clip_stats(half_silent)["silent_fraction"] < 0.6
+    assert clip_stats(torch.zeros(8000))["spectral_flatness"] == 0.0   # no loud frame
+
+    clipped = (3 * torch.randn(8000, generator=g)).clamp(-1, 1)
+    assert clip_stats(clipped)["clipped_fraction"] > 0.3
+    peak_normalised = torch.sin(torch.arange(8000) * 0.3)
+    peak_normalised[100] = 1.0                   # touches full scale once: not clipping
+    assert clip_stats(peak_normalised)["clipped_fraction"] == 0.0
+
+    speech = speech_like(1.0, 8000, Voice(pitch_hz=120.0), seed=0)
+    assert clip_stats(speech)["spectral_flatness"] < noise["spectral_flatness"] / 3
+    assert clip_stats(torch.randn(100, generator=g))["peak"] > 0     # a short clip works
+
+    with pytest.raises(ValueError, match="at least 16 samples"):
+        clip_stats(torch.zeros(8))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        clip_stats(torch.tensor([0.0] * 20 + [float("nan")]))

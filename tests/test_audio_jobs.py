@@ -65,6 +65,9 @@ def test_jobs_end_to_end_on_demo_audio(tmp_path, capsys):
         info = sf.info(path)
         assert info.samplerate == 8000 and info.frames == 40 + 80
     assert (gen / "spectrograms.png").stat().st_size > 0
+    stats = {"rms_db", "peak", "clipped_fraction", "silent_fraction", "spectral_flatness"}
+    assert set(report["generated"]) == set(report["real"]) == stats
+    assert report["real"]["peak"] == 1.0          # the --compare clip, peak-normalised
     first = sf.read(report["files"][0])[0]
     assert cli.main(["generate-audio", "--model", str(run / "model"), "--out", str(gen),
                      "--n", "2", "--seconds", "0.01", "--prime", str(prime),
