@@ -1,5 +1,5 @@
-"""Genomics metrics and baselines: classification report (scikit-learn), confusion-matrix
-plot, k-mer + logistic-regression species baseline, order-k Markov perplexity baseline,
+"""Genomics metrics and baselines: classification report (scikit-learn), paired comparison
+of two classifiers (McNemar), confusion-matrix plot, k-mer + logistic-regression species baseline, order-k Markov perplexity baseline,
 and the conversions between NLL, perplexity and bits per base."""
 from __future__ import annotations
 
@@ -35,6 +35,26 @@ def classification_report(y_true, y_pred, classes: list[str]) -> dict:
             "per_class_f1": {c: float(v) for c, v in zip(classes, f1)},
             "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
             "classes": list(classes)}
+
+
+def paired_comparison(y_true, pred_a, pred_b) -> dict:
+    """Two classifiers on the same test windows: how often each is right where the other is
+    wrong, and McNemar's exact test of "equally accurate" (two-sided binomial test on those
+    discordant windows).
+
+    The p-value treats windows as independent; overlapping windows cut from one region are
+    not, so read it as optimistic.
+
+    Returns:
+        {"a_only_correct", "b_only_correct", "mcnemar_p"}.
+    """
+    from scipy.stats import binomtest
+
+    y_true, pred_a, pred_b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    a_only = int(((pred_a == y_true) & (pred_b != y_true)).sum())
+    b_only = int(((pred_b == y_true) & (pred_a != y_true)).sum())
+    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"a_only_correct": a_only, "b_only_correct": b_only, "mcnemar_p": float(p)}
 
 
 def plot_confusion(cm, classes: list[str], path, title: str = "") -> None:

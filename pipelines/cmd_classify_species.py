@@ -29,7 +29,8 @@ import torch.nn.functional as F
 import core
 from mamba_bio.datasets import SpeciesWindows
 from mamba_bio.fasta import open_sequences
-from mamba_bio.metrics import classification_report, kmer_baseline, plot_confusion
+from mamba_bio.metrics import (classification_report, kmer_baseline, paired_comparison,
+                               plot_confusion)
 from mamba_bio.tokenizers import CharTokenizer
 from pipelines.checkpoint import BEST
 from pipelines.options import TrainConfig, add_training_args
@@ -170,6 +171,9 @@ def pooled_report(parts: list[dict], args) -> dict:
     report.update(baseline_accuracy=baseline["accuracy"],
                   baseline={"method": f"{args.kmer}-mer frequencies + logistic regression",
                             **baseline},
+                  paired_vs_baseline=paired_comparison(
+                      labels, np.concatenate([p["pred"] for p in parts]),
+                      np.concatenate([p["baseline_pred"] for p in parts])),
                   chance=1.0 / len(classes), test_windows=len(labels), seq_len=args.seq_len,
                   steps=parts[0]["steps"], scored_model=parts[0]["scored_model"])
     if len(parts) == 1:
@@ -180,6 +184,7 @@ def pooled_report(parts: list[dict], args) -> dict:
                  "baseline_accuracy": float((p["baseline_pred"] == p["labels"]).mean()),
                  "test_regions": p["test_regions"]} for i, p in enumerate(parts)]
     report.update(folds=per_fold,
+                  folds_won=sum(f["accuracy"] > f["baseline_accuracy"] for f in per_fold),
                   accuracy_sd=float(np.std([f["accuracy"] for f in per_fold], ddof=1)),
                   baseline_accuracy_sd=float(np.std([f["baseline_accuracy"] for f in per_fold],
                                                     ddof=1)))
@@ -206,8 +211,9 @@ def run(args):
     plot_confusion(report["confusion_matrix"], report["classes"], out / "confusion.png",
                    title=f"{what}Mamba {report['accuracy']:.1%} | k-mer baseline "
                          f"{report['baseline_accuracy']:.1%}")
-    summary = {k: report[k] for k in ("accuracy", "baseline_accuracy", "chance", "per_class_f1")}
+    summary = {k: report[k] for k in ("accuracy", "baseline_accuracy", "chance",
+                                      "paired_vs_baseline", "per_class_f1")}
     if args.folds:
-        summary.update(accuracy_sd=report["accuracy_sd"],
-                       baseline_accuracy_sd=report["baseline_accuracy_sd"])
+        summary.update({k: report[k] for k in ("accuracy_sd", "baseline_accuracy_sd",
+                                               "folds_won")})
     print(json.dumps({**summary, "report": str(out / "report.json")}, indent=2))

@@ -7,7 +7,8 @@ import pytest
 from mamba_bio.datasets import SpeciesWindows
 from mamba_bio.fasta import Records
 from mamba_bio.metrics import (best_markov_perplexity, classification_report, kmer_baseline,
-                               kmer_features, lm_metrics, markov_nll, plot_confusion)
+                               kmer_features, lm_metrics, markov_nll, paired_comparison,
+                               plot_confusion)
 from mamba_bio.simulate import write_species_fastas
 from mamba_bio.tokenizers import reverse_complement
 
@@ -26,6 +27,17 @@ def test_report_and_plot(tmp_path):
     assert rep["per_class_f1"]["z"] == 1.0 and rep["classes"] == ["x", "y", "z"]
     plot_confusion(rep["confusion_matrix"], rep["classes"], tmp_path / "cm.png")
     assert (tmp_path / "cm.png").stat().st_size > 1000
+
+
+def test_paired_comparison_counts_discordant_windows():
+    y = np.zeros(30, dtype=int)
+    a = np.zeros(30, dtype=int)                   # always right
+    b = np.r_[np.ones(12, dtype=int), np.zeros(18, dtype=int)]   # wrong on 12
+    out = paired_comparison(y, a, b)
+    assert out["a_only_correct"] == 12 and out["b_only_correct"] == 0
+    assert out["mcnemar_p"] == pytest.approx(2 * 0.5 ** 12)
+    assert paired_comparison(y, a, a) == {"a_only_correct": 0, "b_only_correct": 0,
+                                          "mcnemar_p": 1.0}
 
 
 def test_kmer_features_are_strand_symmetric():

@@ -174,6 +174,12 @@ def test_classify_species_cross_validation(sim, tmp_path, capsys):
     tests = [f["test_regions"]["a"][0] for f in rep["folds"]]
     assert tests[0] != tests[1] and (cls / "fold1" / "model").is_dir()
     assert "accuracy_sd" in last_json(capsys.readouterr().out)
+    won = sum(f["accuracy"] > f["baseline_accuracy"] for f in rep["folds"])
+    assert rep["folds_won"] == won
+    paired = rep["paired_vs_baseline"]          # discordant windows agree with the accuracies
+    assert (paired["a_only_correct"] - paired["b_only_correct"]
+            == round((rep["accuracy"] - rep["baseline_accuracy"]) * rep["test_windows"]))
+    assert 0 < paired["mcnemar_p"] <= 1
 
 
 @pytest.mark.parametrize("argv,message", [
