@@ -106,12 +106,11 @@ def clip_stats(waveform: torch.Tensor, n_fft: int = 256, silence_db: float = -50
     clipped = torch.zeros_like(full, dtype=torch.bool)
     clipped[1:] |= run
     clipped[:-1] |= run
-    power = torch.stft(x, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft,
-                       dtype=x.dtype), center=False, return_complex=True).abs().pow(2)  # (F, T)
     frames = x.unfold(0, n_fft, n_fft // 4)                                  # (T, n_fft)
-    frame_db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-20)                        # (T,)
-    loud = frame_db > silence_db
-    flat = torch.exp(torch.log(power + 1e-20).mean(0)) / (power.mean(0) + 1e-20)      # (T,)
+    loud = 10 * torch.log10(frames.pow(2).mean(1) + 1e-20) > silence_db                # (T,)
+    window = torch.hann_window(n_fft, dtype=x.dtype)
+    power = torch.fft.rfft(frames * window).abs().pow(2)                                # (T, F)
+    flat = torch.exp(torch.log(power + 1e-20).mean(1)) / (power.mean(1) + 1e-20)      # (T,)
     return {"rms_db": round(20 * math.log10(max(rms, 1e-10)), 2),
             "peak": round(float(x.abs().max()), 4),
             "clipped_fraction": round(float(clipped.double().mean()), 5),

@@ -1,6 +1,7 @@
 """Genomics metrics and baselines: classification report (scikit-learn), paired comparison
-of two classifiers (McNemar), confusion-matrix plot, k-mer + logistic-regression species baseline, order-k Markov perplexity baseline,
-and the conversions between NLL, perplexity and bits per base."""
+of two classifiers (McNemar), confusion-matrix plot, k-mer + logistic-regression species
+baseline, order-k Markov perplexity baseline, and the conversions between NLL, perplexity
+and bits per base."""
 from __future__ import annotations
 
 import math

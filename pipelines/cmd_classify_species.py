@@ -165,15 +165,14 @@ def pooled_report(parts: list[dict], args) -> dict:
     """The report over the test windows of every part (one part, or one per fold)."""
     classes = parts[0]["classes"]
     labels = np.concatenate([p["labels"] for p in parts])
-    report = classification_report(labels, np.concatenate([p["pred"] for p in parts]), classes)
-    baseline = classification_report(
-        labels, np.concatenate([p["baseline_pred"] for p in parts]), classes)
+    pred = np.concatenate([p["pred"] for p in parts])
+    baseline_pred = np.concatenate([p["baseline_pred"] for p in parts])
+    report = classification_report(labels, pred, classes)
+    baseline = classification_report(labels, baseline_pred, classes)
     report.update(baseline_accuracy=baseline["accuracy"],
                   baseline={"method": f"{args.kmer}-mer frequencies + logistic regression",
                             **baseline},
-                  paired_vs_baseline=paired_comparison(
-                      labels, np.concatenate([p["pred"] for p in parts]),
-                      np.concatenate([p["baseline_pred"] for p in parts])),
+                  paired_vs_baseline=paired_comparison(labels, pred, baseline_pred),
                   chance=1.0 / len(classes), test_windows=len(labels), seq_len=args.seq_len,
                   steps=parts[0]["steps"], scored_model=parts[0]["scored_model"])
     if len(parts) == 1:

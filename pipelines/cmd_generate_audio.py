@@ -68,13 +68,14 @@ def run(args):
                       "spectrograms.png")
     steps = result.step_seconds
     window = min(1000, len(steps) // 2) or 1
+    generated = model.quantizer.decode(result.tokens[:, result.n_prime:])      # (B, L) float
     print(json.dumps({
         "files": [str(p) for p in paths], "sample_rate": rate, "samples": n_samples,
         "primed_samples": result.n_prime,
         "samples_per_second": round(result.samples_per_second, 1),
         "slowdown_last_vs_first": round(float(steps[-window:].mean() / steps[:window].mean()),
                                         3),
-        "generated": median_stats([load_audio(p)[0][result.n_prime:] for p in paths]),
+        "generated": median_stats(list(generated)),
         **({"real": median_stats([load_audio(p, sample_rate=rate, normalize="peak")[0]
                                   for p in args.compare])} if args.compare else {})}))
 
