@@ -254,6 +254,9 @@ class SpeciesWindows:
             position ranges; "fold" tests block i of k of every source.
         tokenizer (CharTokenizer), max_n_frac (float, 0.1), seed (int, 0).
         rc_augment (bool, True): reverse-complement half of the training windows.
+        substitution_rate (float, 0): on training windows, replace each base by a random
+            A/C/G/T with this probability (a regulariser: exact long matches are broken,
+            base composition is kept).
 
     >>> ds = SpeciesWindows({"human": [Genome("human.fa")], "mouse": [Genome("mouse.fa")]})
     >>> batch = ds.get_batch(0, seq_len=1024, batch_size=16)   # input_ids (16, 1024), labels (16,)
@@ -262,13 +265,17 @@ class SpeciesWindows:
 
     def __init__(self, species: dict, fractions=(0.8, 0.1, 0.1), by: str = "auto",
                  tokenizer: CharTokenizer | None = None, max_n_frac: float = 0.1,
-                 rc_augment: bool = True, seed: int = 0, fold: tuple[int, int] | None = None):
+                 rc_augment: bool = True, seed: int = 0, fold: tuple[int, int] | None = None,
+                 substitution_rate: float = 0.0):
+        if not 0.0 <= substitution_rate < 1.0:
+            raise ValueError(f"substitution_rate must be in [0, 1), got {substitution_rate}")
         if len(species) < 2:
             raise ValueError(f"species classification needs at least 2 species, "
                              f"got {len(species)}")
         self.classes = list(species)
         self.tokenizer = tokenizer or CharTokenizer()
         self.rc_augment, self.seed = rc_augment, seed
+        self.substitution_rate = substitution_rate
         self.samplers = {s: [] for s in SPLITS}     # split -> per class: PooledSampler
         for name, sources in species.items():
             per_split = {s: [] for s in SPLITS}
@@ -299,7 +306,8 @@ class SpeciesWindows:
 
     def get_batch(self, step: int, seq_len: int, batch_size: int, rank: int = 0,
                   world_size: int = 1, split: str = "train") -> dict:
-        """{"input_ids": (B, L) long, "labels": (B,) long}; RC augmentation on train."""
+        """{"input_ids": (B, L) long, "labels": (B,) long}; RC augmentation and base
+        substitutions (when asked) on train."""
         rng = np.random.default_rng([self.seed, step, rank])
         labels = rng.integers(0, len(self.classes), size=batch_size)
         rows = []
@@ -309,7 +317,18 @@ class SpeciesWindows:
                 ids = self.tokenizer.reverse_complement_ids(ids)
             rows.append(ids)
         ids = torch.stack(rows)                                              # (B, L)
+        if split == "train" and self.substitution_rate:
+            ids = self._substitute(rng, ids)
         return {"input_ids": ids, "labels": torch.from_numpy(labels).long()}
+
+    def _substitute(self, rng, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` (B, L) with each A/C/G/T replaced, with probability ``substitution_rate``,
+        by a base drawn uniformly from A/C/G/T (N and specials are left alone)."""
+        acgt = torch.tensor([self.tokenizer.vocab.index(b) for b in "ACGT"])
+        hit = torch.from_numpy(rng.random(ids.shape) < self.substitution_rate)
+        hit &= torch.isin(ids, acgt)
+        new = acgt[torch.from_numpy(rng.integers(0, 4, size=ids.shape))]
+        return torch.where(hit, new, ids)
 
     def fixed_windows(self, split: str, seq_len: int, per_class: int
                       ) -> tuple[list[str], np.ndarray]:

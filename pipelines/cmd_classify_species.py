@@ -71,6 +71,10 @@ def add_arguments(parser):
                    help="train on the given strand only (by default half of the training "
                         "windows are reverse-complemented, which hides strand asymmetry, a "
                         "species signal in mitogenomes)")
+    g.add_argument("--substitution-rate", type=float, default=0.0, metavar="P",
+                   help="replace each base of a training window by a random base with "
+                        "probability P (regularises a model that memorises its training "
+                        "regions)")
     g.add_argument("--causal", action="store_true",
                    help="causal MambaBackbone instead of the bidirectional one")
     g.add_argument("--rc-invariant", action="store_true",
@@ -133,7 +137,8 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
     "scored_model", "test_regions"}.
     """
     data = SpeciesWindows(species, fractions=args.fractions, by=by, tokenizer=tokenizer,
-                          rc_augment=not args.no_rc_augment, seed=cfg.seed, fold=fold)
+                          rc_augment=not args.no_rc_augment, seed=cfg.seed, fold=fold,
+                          substitution_rate=args.substitution_rate)
     val_x, val_y = data.fixed_windows("val", cfg.seq_len, args.eval_per_class)
     test_x, test_y = data.fixed_windows("test", cfg.seq_len, args.eval_per_class)
 

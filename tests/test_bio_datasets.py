@@ -83,6 +83,22 @@ def test_species_training_strand(species_files, rc_augment):
     assert all(on_plus) if not rc_augment else not all(on_plus)
 
 
+def test_species_substitutions_change_the_asked_share_of_training_bases(species_files):
+    sources = {k: [Records(v)] for k, v in species_files.items()}
+    clean = SpeciesWindows(sources, rc_augment=False, seed=4)
+    noisy = SpeciesWindows(sources, rc_augment=False, seed=4, substitution_rate=0.4)
+    a, b = clean.get_batch(3, 500, 16), noisy.get_batch(3, 500, 16)
+    assert torch.equal(a["labels"], b["labels"])          # same windows, only bases changed
+    changed = (a["input_ids"] != b["input_ids"]).float().mean().item()
+    assert changed == pytest.approx(0.4 * 3 / 4, abs=0.02)   # a draw of the same base is no change
+    acgt = [noisy.tokenizer.vocab.index(c) for c in "ACGT"]
+    assert torch.isin(b["input_ids"], torch.tensor(acgt)).all()
+    # evaluation windows are never perturbed
+    assert noisy.fixed_windows("test", 100, 3)[0] == clean.fixed_windows("test", 100, 3)[0]
+    with pytest.raises(ValueError, match="substitution_rate must be in"):
+        SpeciesWindows(sources, substitution_rate=1.0)
+
+
 def test_species_folds_rotate_the_test_block(species_files):
     sources = {k: [Records(v)] for k, v in species_files.items()}
     tested = set()
