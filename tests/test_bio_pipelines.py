@@ -165,7 +165,9 @@ def test_classify_species_cross_validation(sim, tmp_path, capsys):
     species = [f"{k}={v}" for k, v in sim.items()]
     assert main(["classify-species", "--species", *species, "--out", str(cls), "--folds", "2",
                  "--steps", "1", "--seq-len", "64", "--eval-per-class", "3",
-                 "--baseline-per-class", "10", "--kmer", "2", *TINY]) == 0
+                 "--baseline-per-class", "10", "--kmer", "2", "--substitution-rate", "0.1",
+                 *TINY]) == 0
+    assert json.loads((cls / "config.json").read_text())["substitution_rate"] == 0.1
     rep = json.loads((cls / "report.json").read_text())
     assert [f["fold"] for f in rep["folds"]] == [0, 1]
     assert np.sum(rep["confusion_matrix"]) == 2 * 3 * 3 == rep["test_windows"]
