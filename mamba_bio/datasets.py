@@ -165,6 +165,12 @@ class PooledSampler:
         return (sampler, *sampler.sample(rng, length))
 
 
+def random_bases(rng: np.random.Generator, shape, tokenizer: CharTokenizer) -> torch.Tensor:
+    """Token ids of shape ``shape``, each an A/C/G/T drawn uniformly."""
+    bases = torch.tensor(tokenizer.base_ids)
+    return bases[torch.from_numpy(rng.integers(0, len(bases), size=tuple(shape)))]
+
+
 def mlm_mask(ids: torch.Tensor, rng: np.random.Generator, tokenizer: CharTokenizer,
              p: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking of base tokens (Devlin et al. 2019, as Caduceus): each base is chosen
@@ -178,8 +184,7 @@ def mlm_mask(ids: torch.Tensor, rng: np.random.Generator, tokenizer: CharTokeniz
     u = torch.from_numpy(rng.random((2,) + tuple(ids.shape)))
     chosen = (u[0] < p) & (ids >= min(tokenizer.base_ids))
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    bases = torch.tensor(tokenizer.base_ids)
-    random_base = bases[torch.from_numpy(rng.integers(0, 4, size=tuple(ids.shape)))]
+    random_base = random_bases(rng, ids.shape, tokenizer)
     inputs = torch.where(chosen & (u[1] < 0.8), torch.full_like(ids, tokenizer.mask_id), ids)
     inputs = torch.where(chosen & (u[1] >= 0.8) & (u[1] < 0.9), random_base, inputs)
     return inputs, labels
@@ -324,11 +329,9 @@ class SpeciesWindows:
     def _substitute(self, rng, ids: torch.Tensor) -> torch.Tensor:
         """``ids`` (B, L) with each A/C/G/T replaced, with probability ``substitution_rate``,
         by a base drawn uniformly from A/C/G/T (N and specials are left alone)."""
-        acgt = torch.tensor([self.tokenizer.vocab.index(b) for b in "ACGT"])
         hit = torch.from_numpy(rng.random(ids.shape) < self.substitution_rate)
-        hit &= torch.isin(ids, acgt)
-        new = acgt[torch.from_numpy(rng.integers(0, 4, size=ids.shape))]
-        return torch.where(hit, new, ids)
+        hit &= torch.isin(ids, torch.tensor(self.tokenizer.base_ids))
+        return torch.where(hit, random_bases(rng, ids.shape, self.tokenizer), ids)
 
     def fixed_windows(self, split: str, seq_len: int, per_class: int
                       ) -> tuple[list[str], np.ndarray]:
