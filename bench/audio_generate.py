@@ -1,7 +1,7 @@
 """Audio generation benchmark: the SaShiMi-Mamba ``AudioLM``'s recurrent step against its full
 forward.
 
-    python -m bench.audio_generate [--quick] [--preset paper] [--sample-rate 16000] \
+    python -m mambaseq.bench.audio_generate [--quick] [--preset paper] [--sample-rate 16000] \
         [--seconds 1] [--batch 1] [--out bench/results]
 
 On one model (the preset with random weights, or ``--model DIR``: a step costs the same
@@ -25,10 +25,10 @@ import sys
 import numpy as np
 import torch
 
-from bench.report import (bench_parser, fmt, machine_info, machine_line, markdown_table,
+from mambaseq.bench.report import (bench_parser, fmt, machine_info, machine_line, markdown_table,
                           time_call, write_results)
-from mamba_audio.model import AudioLM
-from mamba_audio.sampler import generate
+from mambaseq.mamba_audio.model import AudioLM
+from mambaseq.mamba_audio.sampler import generate
 
 QUICK = dict(preset="small", seconds=0.25, check=2000, forward_points=3, repeats=2)
 FULL = dict(preset="paper", seconds=1.0, check=4000, forward_points=5, repeats=3)
@@ -74,7 +74,7 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
-        import core
+        from mambaseq import core
         model = core.load_pretrained(args.model)
         rate = model.sample_rate
     else:

@@ -1,6 +1,6 @@
 """Generation benchmark: per-token latency and tokens/s against context length.
 
-    python -m bench.generate [--quick] [--device cpu] [--out bench/results]
+    python -m mambaseq.bench.generate [--quick] [--device cpu] [--out bench/results]
 
 Compares, pair by pair in one run, at each context length and batch size:
 - ``mamba_step``:  ``MambaLM.step`` (the clear reference step; O(1) per token);
@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from bench.report import (bench_parser, fmt, machine_info, machine_line, markdown_table,
+from mambaseq.bench.report import (bench_parser, fmt, machine_info, machine_line, markdown_table,
                           time_call, write_results)
-from bench.transformer import count_parameters, matched_transformer
-from core import MambaLM
-from core.fast_step import FastStepper, compile_step
+from mambaseq.bench.transformer import count_parameters, matched_transformer
+from mambaseq.core import MambaLM
+from mambaseq.core.fast_step import FastStepper, compile_step
 
 QUICK = dict(contexts=[1024, 4096, 16384], batches=[1, 16], tokens=8, repeats=3)
 FULL = dict(contexts=[1024, 4096, 16384, 65536], batches=[1, 16], tokens=16, repeats=5)

@@ -185,7 +185,7 @@ def loglog_plot(path, panels, title=None):
 
 
 def bench_parser(doc, add_arguments, single_metavar=None):
-    """The parser of ``python -m bench.NAME``: the options every benchmark shares, then the
+    """The parser of ``python -m mambaseq.bench.NAME``: the options every benchmark shares, then the
     benchmark's own (``add_arguments``). ``single_metavar`` adds the hidden ``--single A B``
     that runs one case in a fresh process (see ``run_isolated``)."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])

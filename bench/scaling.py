@@ -1,6 +1,6 @@
 """Scaling benchmark: time and peak memory of a 4-layer backbone forward vs length, log-log.
 
-    python -m bench.scaling [--quick] [--device cpu] [--out bench/results]
+    python -m mambaseq.bench.scaling [--quick] [--device cpu] [--out bench/results]
 
 For L = 2^12 ... 2^20 (batch 1, no gradients), each in its own process:
 - ``backbone``: ``MambaBackbone(D, 4)`` forward of a (1, L, D) input (chunked state passing
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from bench.report import (bench_parser, loglog_plot, loglog_slope, machine_info,
+from mambaseq.bench.report import (bench_parser, loglog_plot, loglog_slope, machine_info,
                           machine_line, markdown_table, peak_rss_gb, run_isolated, time_call, write_results)
-from core import BiMambaBackbone, MambaBackbone, MambaLM
+from mambaseq.core import BiMambaBackbone, MambaBackbone, MambaLM
 
 QUICK = dict(log2_lengths=[12, 13, 14, 15, 16], repeats=2)
 FULL = dict(log2_lengths=[12, 14, 16, 18, 20], repeats=3)
@@ -88,7 +88,7 @@ def run(args):
     rows = []
     for log2 in args.log2_lengths:
         for kind in args.kinds:
-            r = run_isolated("bench.scaling", ["--single", kind, 2 ** log2, "--d-model",
+            r = run_isolated("mambaseq.bench.scaling", ["--single", kind, 2 ** log2, "--d-model",
                                                args.d_model, "--repeats", args.repeats,
                                                "--device", args.device,
                                                "--threads", args.threads or 0])

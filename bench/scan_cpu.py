@@ -1,6 +1,6 @@
 """CPU selective-scan benchmark: the figures of the core op's issue.
 
-    python -m bench.scan_cpu [--out DIR] [--repeats 5]
+    python -m mambaseq.bench.scan_cpu [--out DIR] [--repeats 5]
 
 1. ratio:    B=1, E=256, N=16, L=16384 forward, our C++ kernel vs mambapy's parallel scan on
              the same inputs, in the same process (median of --repeats after a warm-up).
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from bench.report import machine_info, peak_rss_gb, run_isolated, time_call, write_results
-from core.scan_reference import selective_scan_ref
-from kernels.cpu_scan import load_cpu_extension, selective_scan_cpu
+from mambaseq.bench.report import machine_info, peak_rss_gb, run_isolated, time_call, write_results
+from mambaseq.core.scan_reference import selective_scan_ref
+from mambaseq.kernels.cpu_scan import load_cpu_extension, selective_scan_cpu
 
 E, N = 256, 16
 
@@ -158,7 +158,7 @@ def sweep_markdown(meta, rows):
 
 def run_in_subprocess(case):
     """One of the --single cases in a fresh process, so that its peak RSS is its own."""
-    return run_isolated("bench.scan_cpu", ["--single", case])
+    return run_isolated("mambaseq.bench.scan_cpu", ["--single", case])
 
 
 def markdown(meta, ratio, million, backward):

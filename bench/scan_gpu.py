@@ -6,8 +6,8 @@ parallel scan, (c) the published CUDA kernel (mamba_ssm) when it is installed, a
 E), and reports the scan's effective memory bandwidth against the card's peak. Also times
 the one-step ``selective_state_update``. Writes ``scan_gpu.json`` and ``scan_gpu.md``.
 
-    python -m bench.scan_gpu                              # full grid (tens of minutes)
-    python -m bench.scan_gpu --batch 1 --d-inner 2048 --lengths 2048 65536 --out /tmp/b
+    python -m mambaseq.bench.scan_gpu                              # full grid (tens of minutes)
+    python -m mambaseq.bench.scan_gpu --batch 1 --d-inner 2048 --lengths 2048 65536 --out /tmp/b
 
 All scans compute the same thing, the op as mambapy defines it: y = scan(u, delta, A, B, C)
 + D u with positive delta, no softplus, no gate, ungrouped B/C. Dimension names: B batch,
@@ -100,8 +100,8 @@ def estimated_bytes(name, batch, d_inner, d_state, length, element_size, backwar
 
 def scan_callables():
     """Name -> callable(inputs dict) -> y (B, E, L), for each scan implementation."""
-    from core.scan_reference import selective_scan_ref
-    from kernels import selective_scan
+    from mambaseq.core.scan_reference import selective_scan_ref
+    from mambaseq.kernels import selective_scan
 
     impls = {"triton": lambda a: selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"]),
              "reference": lambda a: selective_scan_ref(a["u"], a["delta"], a["A"], a["B"], a["C"],
@@ -194,7 +194,7 @@ def run_case(args, batch, d_inner, length, backward, impls, peak):
 
 def step_rows(args):
     """Time of one selective_state_update (fp32 state, inputs in --dtype) per batch size."""
-    from kernels import selective_state_update
+    from mambaseq.kernels import selective_state_update
 
     dtype, rows = DTYPES[args.dtype], []
     for batch in args.batch:
@@ -271,7 +271,7 @@ def main(argv=None):
     steps = step_rows(args)
     meta = dict(device=device_name, peak_gbs=peak, dtype=args.dtype, d_state=args.d_state,
                 torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                command="python -m bench.scan_gpu " + " ".join(
+                command="python -m mambaseq.bench.scan_gpu " + " ".join(
                     sys.argv[1:] if argv is None else argv))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scan_gpu.json").write_text(json.dumps(dict(meta=meta, scan=rows, step=steps),

@@ -1,6 +1,6 @@
 """Training-throughput benchmark: tokens/s of fwd+bwd, Mamba LM vs a same-size Transformer LM.
 
-    python -m bench.train [--quick] [--device cpu] [--out bench/results]
+    python -m mambaseq.bench.train [--quick] [--device cpu] [--out bench/results]
 
 For each length L (batch 1, next-token cross-entropy, forward + backward, no optimizer step),
 each model runs in its own process so that its peak RSS is its own; a run that fails (out of
@@ -15,10 +15,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from bench.report import (bench_parser, machine_info, machine_line, markdown_table,
+from mambaseq.bench.report import (bench_parser, machine_info, machine_line, markdown_table,
                           peak_rss_gb, run_isolated, time_call, write_results)
-from bench.transformer import count_parameters, matched_transformer
-from core import MambaLM
+from mambaseq.bench.transformer import count_parameters, matched_transformer
+from mambaseq.core import MambaLM
 
 QUICK = dict(lengths=[1024, 2048, 4096], repeats=2)
 FULL = dict(lengths=[1024, 2048, 4096, 8192, 16384], repeats=3)
@@ -99,7 +99,7 @@ def run(args):
                    "--vocab-size", args.vocab_size, "--repeats", args.repeats,
                    "--device", args.device, "--threads", args.threads or 0]
             try:
-                r = run_isolated("bench.train", cmd)
+                r = run_isolated("mambaseq.bench.train", cmd)
             except RuntimeError as e:
                 r = dict(model=model, length=length, error=str(e)[-300:])
             print(f"  train L={length} {model}: "

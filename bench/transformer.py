@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.norm import RMSNorm
+from mambaseq.core.norm import RMSNorm
 
 __all__ = ["TransformerLM", "TransformerConfig", "KVCache", "matched_transformer",
            "count_parameters"]

@@ -57,7 +57,7 @@ def register_pooling(name, factory):
 
 def get_pooling(name):
     if name not in _POOLINGS:
-        hint = " (import mamba_audio.pooling to register it)" if name == "sashimi" else ""
+        hint = " (import mambaseq.mamba_audio.pooling to register it)" if name == "sashimi" else ""
         raise ValueError(f"unknown pooling {name!r}{hint}; registered: {sorted(_POOLINGS)}")
     return _POOLINGS[name]
 
@@ -162,7 +162,7 @@ class MultiscaleBackbone(PretrainedMixin, nn.Module):
     L need not be a multiple of prod(pool): the input is zero-padded at the end and the
     output cropped (harmless when causal; when not, the padding is part of the context).
 
-    >>> import mamba_audio.pooling  # registers "sashimi"
+    >>> import mambaseq.mamba_audio.pooling  # registers "sashimi"
     >>> bb = MultiscaleBackbone(64, pool=(4, 4), causal=True, pooling="sashimi")
     >>> y = bb(torch.randn(1, 16000, 64))
     >>> cache = bb.allocate_cache(1); y_t = bb.step(x[:, 0], cache)
@@ -177,7 +177,7 @@ class MultiscaleBackbone(PretrainedMixin, nn.Module):
         if pooling is None:
             if causal:
                 raise ValueError("a causal MultiscaleBackbone needs a causal pooling, e.g. "
-                                 "pooling='sashimi' after `import mamba_audio.pooling`")
+                                 "pooling='sashimi' after `import mambaseq.mamba_audio.pooling`")
             pooling = "linear"
         if isinstance(pooling, str):
             name, factory = pooling, get_pooling(pooling)

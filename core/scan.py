@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from kernels.scan_args import check_scan_args
+from mambaseq.kernels.scan_args import check_scan_args
 
 log = logging.getLogger(__name__)
 _announced = set()
@@ -17,10 +17,10 @@ _announced = set()
 
 def _backend_for(device):
     if device.type == "cpu":
-        from kernels.cpu_scan import selective_scan_cpu
+        from mambaseq.kernels.cpu_scan import selective_scan_cpu
         return "cpu (C++ kernel)", selective_scan_cpu
     if device.type == "cuda":
-        from kernels import triton_scan
+        from mambaseq.kernels import triton_scan
         return "triton", triton_scan.selective_scan
     raise NotImplementedError(
         f"selective_scan: no backend for device type '{device.type}' (supported: cpu, cuda); "

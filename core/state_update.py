@@ -48,7 +48,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     Same arguments and result as :func:`selective_state_update_ref`.
     """
     if state.device.type == "cuda":
-        from kernels import triton_state_update
+        from mambaseq.kernels import triton_state_update
         return triton_state_update.selective_state_update(
             state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
     return selective_state_update_ref(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,

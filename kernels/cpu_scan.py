@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 
 import torch
 
+from .cpu_build import cache_root, load_extension
 from .scan_args import check_scan_args
 
 log = logging.getLogger(__name__)
@@ -26,18 +26,14 @@ CHECKPOINT_CHUNK = 128  # steps between saved states; the backward recomputes in
 
 @functools.lru_cache(maxsize=1)
 def load_cpu_extension():
-    """Compile (first call only, about a minute) and import the C++ scan kernel."""
-    from torch.utils.cpp_extension import load
-
+    """Import the C++ scan kernel, compiling it first if this source, these flags, this
+    torch and this CPU have no build yet (see ``kernels.cpu_build``)."""
     source = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
-    # -fno-trapping-math lets gcc if-convert the clamps of fast_exp, so its loops vectorise.
-    flags = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
-    log.info("selective_scan: building the C++ CPU kernel from %s (cached after the first build)",
-             source)
     try:
-        module = load(name="mambaseq_selective_scan_cpu", sources=[str(source)],
-                      extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                      verbose=os.environ.get("MAMBASEQ_VERBOSE_BUILD") == "1")
+        module = load_extension(
+            "mambaseq_scan_cpu", source,
+            announce="mambaseq: compiling the C++ CPU scan kernel (once for this source, torch "
+                     f"and CPU; about a minute) into {cache_root()}")
     except (RuntimeError, OSError) as err:
         raise RuntimeError(
             "selective_scan: could not build the C++ CPU kernel (needs a C++17 compiler such as "

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from core import MambaState
-from core.multiscale import MultiscaleBackbone, MultiscaleState
-from core.pretrained import PretrainedMixin
+from mambaseq.core import MambaState
+from mambaseq.core.multiscale import MultiscaleBackbone, MultiscaleState
+from mambaseq.core.pretrained import PretrainedMixin
 
 from . import pooling  # noqa: F401  (registers the "sashimi" pooling in core)
 from .metrics import nll_bits

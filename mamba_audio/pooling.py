@@ -11,7 +11,7 @@ zeros. That one-window shift is what keeps the whole U-Net autoregressive.
 
 Importing this module registers the pair as pooling "sashimi":
 
->>> import mamba_audio.pooling
+>>> import mambaseq.mamba_audio.pooling
 >>> bb = core.MultiscaleBackbone(64, pool=(4, 4), causal=True, pooling="sashimi")
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from core.multiscale import register_pooling
+from mambaseq.core.multiscale import register_pooling
 
 
 @dataclass

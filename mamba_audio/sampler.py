@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from core import sample_logits
+from mambaseq.core import sample_logits
 
 from .io import save_audio
 

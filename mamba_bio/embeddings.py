@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from core import MambaBackbone
+from mambaseq.core import MambaBackbone
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ from typing import Optional
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core import BiMambaBackbone, TokenModelConfig, token_embedding
-from core.pretrained import PretrainedMixin
+from mambaseq.core import BiMambaBackbone, TokenModelConfig, token_embedding
+from mambaseq.core.pretrained import PretrainedMixin
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``python -m pipelines SUBCOMMAND ...``: the same as the ``mambaseq`` console script."""
+"""``python -m mambaseq.pipelines SUBCOMMAND ...``: the same as the ``mambaseq`` console script."""
 import sys
 
 from .cli import main

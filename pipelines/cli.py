@@ -1,6 +1,6 @@
 """The ``mambaseq`` command line: one entry point, one module per subcommand.
 
-    mambaseq SUBCOMMAND [--config FILE] [--debug] [options]     (or python -m pipelines ...)
+    mambaseq SUBCOMMAND [--config FILE] [--debug] [options]     (or python -m mambaseq.pipelines ...)
 
 A subcommand is a module ``pipelines/cmd_<name with _>.py`` that exposes
 
@@ -33,15 +33,15 @@ PROG = "mambaseq"
 # Subcommand name -> module. Owners: genomics (pretrain-genome, eval-genome,
 # classify-species, embed), audio (train-audio, generate-audio, eval-audio), bench, demo.
 COMMANDS = {
-    "pretrain-genome": "pipelines.cmd_pretrain_genome",
-    "eval-genome": "pipelines.cmd_eval_genome",
-    "classify-species": "pipelines.cmd_classify_species",
-    "embed": "pipelines.cmd_embed",
-    "train-audio": "pipelines.cmd_train_audio",
-    "generate-audio": "pipelines.cmd_generate_audio",
-    "eval-audio": "pipelines.cmd_eval_audio",
-    "bench": "pipelines.cmd_bench",
-    "demo": "pipelines.cmd_demo",
+    "pretrain-genome": "mambaseq.pipelines.cmd_pretrain_genome",
+    "eval-genome": "mambaseq.pipelines.cmd_eval_genome",
+    "classify-species": "mambaseq.pipelines.cmd_classify_species",
+    "embed": "mambaseq.pipelines.cmd_embed",
+    "train-audio": "mambaseq.pipelines.cmd_train_audio",
+    "generate-audio": "mambaseq.pipelines.cmd_generate_audio",
+    "eval-audio": "mambaseq.pipelines.cmd_eval_audio",
+    "bench": "mambaseq.pipelines.cmd_bench",
+    "demo": "mambaseq.pipelines.cmd_demo",
 }
 
 # Options that steer the command line itself; never taken from nor saved to a config file.

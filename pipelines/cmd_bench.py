@@ -4,8 +4,8 @@ Each writes ``<out>/<name>.json`` (every raw timing, the machine, the versions) 
 ``<out>/<name>.md``; ``scaling`` also ``scaling.png``; ``all`` also ``README.md`` joining the
 tables. ``--quick`` uses fewer sizes and repeats (a few minutes on a 2-core CPU).
 
-    python -m pipelines bench generate --quick --out bench/results
-    python -m pipelines bench all --out bench/results
+    python -m mambaseq.pipelines bench generate --quick --out bench/results
+    python -m mambaseq.pipelines bench all --out bench/results
 """
 from __future__ import annotations
 
@@ -62,13 +62,13 @@ def run_scan(args):
     """On CPU the lead's ``bench.scan_cpu`` cases (ratio vs mambapy; with no --quick also the
     2^20 forward and 65536 backward in their own processes); on CUDA ``bench.scan_gpu``."""
     if args.device == "cuda":
-        from bench import scan_gpu
+        from mambaseq.bench import scan_gpu
         extra = (["--batch", "1", "--d-inner", "1024", "--lengths", "2048", "65536"]
                  if args.quick else [])
         return scan_gpu.main([*extra, "--out", str(args.out)])
-    from bench import scan_cpu
-    from bench.report import machine_info, machine_line, time_call, write_results
-    from kernels.cpu_scan import load_cpu_extension
+    from mambaseq.bench import scan_cpu
+    from mambaseq.bench.report import machine_info, machine_line, time_call, write_results
+    from mambaseq.kernels.cpu_scan import load_cpu_extension
 
     load_cpu_extension()
     if args.smoke:  # the kernel on a tiny input, no comparison
@@ -111,7 +111,7 @@ def run(args):
             run_scan(args)
         else:
             import importlib
-            module = importlib.import_module(f"bench.{name}")
+            module = importlib.import_module(f"mambaseq.bench.{name}")
             ns = _bench_args(module, args)
             if name == "generate" and ns.compile is None:
                 ns.compile = not args.quick
@@ -119,7 +119,7 @@ def run(args):
     if args.which == "all":
         parts = [(out / f"{n}.md").read_text() for n in BENCHES if (out / f"{n}.md").exists()]
         (out / "README.md").write_text("## Benchmark results\n\n"
-                                       f"`python -m pipelines bench all{' --quick' if args.quick else ''}"
+                                       f"`python -m mambaseq.pipelines bench all{' --quick' if args.quick else ''}"
                                        f" --device {args.device} --out {args.out}`\n\n"
                                        + "\n".join(parts))
     return 0

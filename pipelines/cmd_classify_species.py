@@ -1,6 +1,6 @@
 """classify-species: which species does a window of DNA come from?
 
-    python -m pipelines classify-species --species human=hs.fa chimp=pt.fa,pt2.fa ... \
+    python -m mambaseq.pipelines classify-species --species human=hs.fa chimp=pt.fa,pt2.fa ... \
         --seq-len 1000 --steps 1000 --out runs/species
 
 Windows are drawn Great-Apes style (species uniformly, then region, then position) from
@@ -26,15 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import core
-from mamba_bio.datasets import SpeciesWindows
-from mamba_bio.fasta import open_sequences
-from mamba_bio.metrics import (classification_report, kmer_baseline, paired_comparison,
+from mambaseq import core
+from mambaseq.mamba_bio.datasets import SpeciesWindows
+from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.mamba_bio.metrics import (classification_report, kmer_baseline, paired_comparison,
                                plot_confusion)
-from mamba_bio.tokenizers import CharTokenizer
-from pipelines.checkpoint import BEST
-from pipelines.options import TrainConfig, add_training_args
-from pipelines.trainer import seed_everything, train
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.checkpoint import BEST
+from mambaseq.pipelines.options import TrainConfig, add_training_args
+from mambaseq.pipelines.trainer import seed_everything, train
 
 HELP = "train a species classifier on DNA windows, with a k-mer baseline in the same report"
 
@@ -101,7 +101,7 @@ def build_model(args, cfg, n_classes, tokenizer):
         complement=tokenizer.complement_map.tolist() if args.rc_invariant else None,
         d_state=args.d_state)
     if args.init_from:
-        import mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
+        import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
         pre = core.load_pretrained(args.init_from)
         try:
             model.embedding.load_state_dict(pre.embedding.state_dict())

@@ -1,6 +1,6 @@
 """demo: the main jobs end to end on data the toolkit makes itself, in minutes on a CPU.
 
-    python -m pipelines demo --out runs/demo
+    python -m mambaseq.pipelines demo --out runs/demo
 
 1. data: simulated genomes (``mamba_bio.simulate``, one FASTA per species along a known
    tree) and speech-like audio (``mamba_audio.synth``, wavs of a few synthetic speakers);
@@ -96,13 +96,13 @@ def make_data(out: Path, seed: int) -> None:
     1 s speech-like audio at 8 kHz, under ``out/data``; kept when already there."""
     genomes, audio = out / "data" / "genomes", out / "data" / "audio"
     if not genomes.is_dir():
-        from mamba_bio.simulate import simulate_genomes, write_species_fastas
+        from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
         # composition_sd: each lineage drifts in base composition, so species stay separable
         # in regions the classifier never saw (see mamba_bio.simulate).
         write_species_fastas(genomes, simulate_genomes(length=20_000, n_chromosomes=2,
                                                        composition_sd=1.0, seed=seed))
     if not audio.is_dir():
-        from mamba_audio.synth import write_demo_corpus
+        from mambaseq.mamba_audio.synth import write_demo_corpus
         write_demo_corpus(audio, n_speakers=4, clips_per_speaker=10, seconds=1.0,
                           sample_rate=8000, seed=seed)
 

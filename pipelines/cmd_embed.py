@@ -1,6 +1,6 @@
 """embed: one pooled embedding per FASTA record (and optionally per-position ones).
 
-    python -m pipelines embed --model runs/chr20/model --fasta genes.fa --out genes.npz
+    python -m mambaseq.pipelines embed --model runs/chr20/model --fasta genes.fa --out genes.npz
 
 The output .npz holds "names" (n,) and "embeddings" (n, F); a .npy path holds only the
 embeddings, with the names in PATH.names.txt beside it. ``--per-position DIR`` also writes
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import core
-import mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
-from mamba_bio.embeddings import hidden_chunks, pooled_features
-from mamba_bio.fasta import open_sequences
-from mamba_bio.tokenizers import CharTokenizer
+from mambaseq import core
+import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
+from mambaseq.mamba_bio.embeddings import hidden_chunks, pooled_features
+from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
 
 HELP = "pooled (and per-position) embeddings of FASTA records from a trained model"
 

@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from mamba_audio.datasets import AudioClips, find_audio_files
-from mamba_audio.metrics import markov_bits_per_sample
-from mamba_audio.model import AudioLM, stream_nll_bits
+from mambaseq.mamba_audio.datasets import AudioClips, find_audio_files
+from mambaseq.mamba_audio.metrics import markov_bits_per_sample
+from mambaseq.mamba_audio.model import AudioLM, stream_nll_bits
 
 from .cmd_train_audio import add_data_args, split_from_args
 from .distributed import resolve_device

@@ -1,6 +1,6 @@
 """eval-genome: perplexity and bits per base of a causal genome LM on any FASTA.
 
-    python -m pipelines eval-genome --model runs/chr20/model --fasta test.fa [--bed held_out.bed]
+    python -m mambaseq.pipelines eval-genome --model runs/chr20/model --fasta test.fa [--bed held_out.bed]
 
 Prints one JSON object: {"perplexity", "bits_per_base", "tokens"}; ``tokens`` is the number
 of bases scored (A C G T; an N is neither predicted nor counted). Every record (or BED
@@ -12,12 +12,12 @@ import json
 
 from tqdm.auto import tqdm
 
-import core
-import mamba_bio.heads  # noqa: F401  (registers MaskedLM: an mlm model gets a clear error)
-from mamba_bio.bed import read_bed
-from mamba_bio.fasta import Window, open_sequences
-from mamba_bio.metrics import lm_metrics, lm_nll
-from mamba_bio.tokenizers import CharTokenizer
+from mambaseq import core
+import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM: an mlm model gets a clear error)
+from mambaseq.mamba_bio.bed import read_bed
+from mambaseq.mamba_bio.fasta import Window, open_sequences
+from mambaseq.mamba_bio.metrics import lm_metrics, lm_nll
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
 
 HELP = "perplexity and bits per base of a pretrained causal genome model on FASTA files"
 

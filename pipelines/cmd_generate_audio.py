@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from mamba_audio.io import load_audio
-from mamba_audio.metrics import clip_stats
-from mamba_audio.model import AudioLM
-from mamba_audio.sampler import generate, save_clips
+from mambaseq.mamba_audio.io import load_audio
+from mambaseq.mamba_audio.metrics import clip_stats
+from mambaseq.mamba_audio.model import AudioLM
+from mambaseq.mamba_audio.sampler import generate, save_clips
 
 from .distributed import resolve_device
 

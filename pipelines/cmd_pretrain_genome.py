@@ -1,6 +1,6 @@
 """pretrain-genome: causal (Mamba paper) or masked (Caduceus) language model on a FASTA.
 
-    python -m pipelines pretrain-genome --fasta chr20.fa --objective clm --seq-len 1024 \
+    python -m mambaseq.pipelines pretrain-genome --fasta chr20.fa --objective clm --seq-len 1024 \
         --steps 2000 --out runs/chr20
 
 Training windows come from the train split, the validation loss from the disjoint val split
@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch.nn.functional as F
 
-import core
-from mamba_bio.bed import read_bed
-from mamba_bio.datasets import GenomeWindows, split_regions
-from mamba_bio.fasta import open_sequences
-from mamba_bio.heads import MaskedLM
-from mamba_bio.metrics import best_markov_perplexity, lm_metrics, lm_nll
-from mamba_bio.tokenizers import CharTokenizer
-from pipelines.options import TrainConfig, add_training_args
-from pipelines.trainer import seed_everything, train
+from mambaseq import core
+from mambaseq.mamba_bio.bed import read_bed
+from mambaseq.mamba_bio.datasets import GenomeWindows, split_regions
+from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.mamba_bio.heads import MaskedLM
+from mambaseq.mamba_bio.metrics import best_markov_perplexity, lm_metrics, lm_nll
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.options import TrainConfig, add_training_args
+from mambaseq.pipelines.trainer import seed_everything, train
 
 HELP = "pretrain a causal (clm) or masked (mlm) Mamba language model on a genome FASTA"
 MARKOV_MAX_BASES = 20_000_000      # the Markov baseline reads the splits into memory

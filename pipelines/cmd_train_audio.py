@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from mamba_audio.datasets import (FSDD_SPEAKER_REGEX, SPLIT_BY, AudioClips, find_audio_files,
+from mambaseq.mamba_audio.datasets import (FSDD_SPEAKER_REGEX, SPLIT_BY, AudioClips, find_audio_files,
                                   speakers_from_csv, speakers_from_regex, split_files)
-from mamba_audio.io import NORMALIZE, load_audio
-from mamba_audio.model import PRESETS, AudioLM
-from mamba_audio.quantize import KINDS
+from mambaseq.mamba_audio.io import NORMALIZE, load_audio
+from mambaseq.mamba_audio.model import PRESETS, AudioLM
+from mambaseq.mamba_audio.quantize import KINDS
 
 from .options import TrainConfig, add_training_args
 from .trainer import seed_everything, train

@@ -5,12 +5,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from mamba_audio.datasets import (AudioClips, find_audio_files, speakers_from_csv,
+from mambaseq.mamba_audio.datasets import (AudioClips, find_audio_files, speakers_from_csv,
                                   speakers_from_regex, split_files)
-from mamba_audio.io import AudioFileError, load_audio, save_audio
-from mamba_audio.metrics import clip_stats, markov_bits_per_sample, nll_bits
-from mamba_audio.quantize import Quantizer, linear_encode, mu_law_decode, mu_law_encode
-from mamba_audio.synth import Voice, speech_like, write_demo_corpus
+from mambaseq.mamba_audio.io import AudioFileError, load_audio, save_audio
+from mambaseq.mamba_audio.metrics import clip_stats, markov_bits_per_sample, nll_bits
+from mambaseq.mamba_audio.quantize import Quantizer, linear_encode, mu_law_decode, mu_law_encode
+from mambaseq.mamba_audio.synth import Voice, speech_like, write_demo_corpus
 
 
 # ---------------------------------------------------------------- quantisers

@@ -8,10 +8,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from mamba_audio.io import save_audio
-from mamba_audio.model import AudioLM, stream_nll_bits
-from mamba_audio.synth import Voice, speech_like, write_demo_corpus
-from pipelines import cli
+from mambaseq.mamba_audio.io import save_audio
+from mambaseq.mamba_audio.model import AudioLM, stream_nll_bits
+from mambaseq.mamba_audio.synth import Voice, speech_like, write_demo_corpus
+from mambaseq.pipelines import cli
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -107,7 +107,7 @@ def test_eval_audio_of_a_million_samples_in_bounded_memory(tmp_path):
     AudioLM.from_preset("tiny", sample_rate=16000).save_pretrained(model_dir)
     wav = speech_like(2 ** 20 / 16000, 16000, Voice(180.0), seed=1)
     save_audio(tmp_path / "data" / "0_long_0.wav", wav, 16000)
-    code = ("import resource, sys; from pipelines import cli; "
+    code = ("import resource, sys; from mambaseq.pipelines import cli; "
             "rc = cli.main(sys.argv[1:]); "
             "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
             "sys.exit(rc)")

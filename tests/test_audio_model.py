@@ -3,10 +3,10 @@ checkpoints, and the sampler (determinism, priming, fixed-size cache)."""
 import pytest
 import torch
 
-import core
-from mamba_audio.model import AudioLM, stream_nll_bits, state_numel
-from mamba_audio.sampler import generate, save_clips
-from mamba_audio.io import load_audio
+from mambaseq import core
+from mambaseq.mamba_audio.model import AudioLM, stream_nll_bits, state_numel
+from mambaseq.mamba_audio.sampler import generate, save_clips
+from mambaseq.mamba_audio.io import load_audio
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 import torch
 
-from core import BiMamba, BiMambaBackbone, Mamba, MambaBackbone, reverse_complement_hidden
-from core.bimamba import reverse_within
+from mambaseq.core import BiMamba, BiMambaBackbone, Mamba, MambaBackbone, reverse_complement_hidden
+from mambaseq.core.bimamba import reverse_within
 
 D = 16
 

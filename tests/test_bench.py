@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from bench.report import loglog_slope, markdown_table, time_call
-from bench.transformer import TransformerLM, count_parameters, matched_transformer
-from core import MambaLM
-from core.fast_step import FastStepper, fast_generate
-from pipelines.cli import main as cli_main
+from mambaseq.bench.report import loglog_slope, markdown_table, time_call
+from mambaseq.bench.transformer import TransformerLM, count_parameters, matched_transformer
+from mambaseq.core import MambaLM
+from mambaseq.core.fast_step import FastStepper, fast_generate
+from mambaseq.pipelines.cli import main as cli_main
 
 
 def perturbed_lm(vocab=16, d_model=32, n_layer=2, seed=0, **kw):

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from mamba_bio.datasets import (GenomeWindows, SpeciesWindows, fold_ranges, mlm_mask,
+from mambaseq.mamba_bio.datasets import (GenomeWindows, SpeciesWindows, fold_ranges, mlm_mask,
                                split_regions)
-from mamba_bio.fasta import Records, Window
-from mamba_bio.simulate import simulate_genomes, write_fasta, write_species_fastas
-from mamba_bio.tokenizers import CharTokenizer
+from mambaseq.mamba_bio.fasta import Records, Window
+from mambaseq.mamba_bio.simulate import simulate_genomes, write_fasta, write_species_fastas
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
 
 
 @pytest.fixture(scope="module")

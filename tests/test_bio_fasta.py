@@ -7,9 +7,9 @@ from Bio.Seq import Seq
 from Bio.SeqIO import write as seqio_write
 from Bio.SeqRecord import SeqRecord
 
-from mamba_bio.bed import read_bed
-from mamba_bio.fasta import Genome, Records, Window, iter_windows, n_fraction, open_sequences
-from mamba_bio.tokenizers import reverse_complement
+from mambaseq.mamba_bio.bed import read_bed
+from mambaseq.mamba_bio.fasta import Genome, Records, Window, iter_windows, n_fraction, open_sequences
+from mambaseq.mamba_bio.tokenizers import reverse_complement
 
 CHR1 = "ACGTacgtNN" * 12          # 120 bases, soft-masked and N stretches
 CHR2 = "GGGGCCCCAT" * 5 + "N" * 50

@@ -4,13 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from mamba_bio.datasets import SpeciesWindows
-from mamba_bio.fasta import Records
-from mamba_bio.metrics import (best_markov_perplexity, classification_report, kmer_baseline,
+from mambaseq.mamba_bio.datasets import SpeciesWindows
+from mambaseq.mamba_bio.fasta import Records
+from mambaseq.mamba_bio.metrics import (best_markov_perplexity, classification_report, kmer_baseline,
                                kmer_features, lm_metrics, markov_nll, paired_comparison,
                                plot_confusion)
-from mamba_bio.simulate import write_species_fastas
-from mamba_bio.tokenizers import reverse_complement
+from mambaseq.mamba_bio.simulate import write_species_fastas
+from mambaseq.mamba_bio.tokenizers import reverse_complement
 
 
 def test_lm_metrics():

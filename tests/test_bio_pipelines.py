@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import core
-from mamba_bio.embeddings import hidden_chunks
-from mamba_bio.metrics import lm_nll
-from mamba_bio.simulate import simulate_genomes, write_species_fastas
-from mamba_bio.tokenizers import CharTokenizer
-from pipelines.cli import main
+from mambaseq import core
+from mambaseq.mamba_bio.embeddings import hidden_chunks
+from mambaseq.mamba_bio.metrics import lm_nll
+from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.cli import main
 
 TINY = ["--d-model", "8", "--n-layer", "1", "--d-state", "4", "--batch-size", "2",
         "--warmup-steps", "1", "--log-every", "1"]
@@ -43,7 +43,7 @@ def test_rc_invariant_classifier_gives_same_logits_on_both_strands():
 
 
 def test_rc_equivariant_masked_lm_logits_follow_the_reverse_complement():
-    from mamba_bio.heads import MaskedLM
+    from mambaseq.mamba_bio.heads import MaskedLM
     tok = CharTokenizer()
     torch.manual_seed(0)
     mlm = MaskedLM(tok.vocab_size, 16, 2, rc_equivariant=True,

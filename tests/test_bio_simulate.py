@@ -4,8 +4,8 @@ import itertools
 import numpy as np
 import pytest
 
-from mamba_bio.fasta import Genome
-from mamba_bio.simulate import (gtr_rate_matrix, hky_rate_matrix, main, simulate_genomes,
+from mambaseq.mamba_bio.fasta import Genome
+from mambaseq.mamba_bio.simulate import (gtr_rate_matrix, hky_rate_matrix, main, simulate_genomes,
                                 transition_matrix)
 
 PI = (0.3, 0.2, 0.2, 0.3)

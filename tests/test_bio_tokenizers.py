@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from mamba_bio.tokenizers import (CharTokenizer, KmerTokenizer, reverse_complement,
+from mambaseq.mamba_bio.tokenizers import (CharTokenizer, KmerTokenizer, reverse_complement,
                                   reverse_complement_ids)
 
 

@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 
-from pipelines import cli
+from mambaseq.pipelines import cli
 
 FAKE = '''
 import json
-from pipelines.options import TrainConfig, add_training_args
+from mambaseq.pipelines.options import TrainConfig, add_training_args
 
 HELP = "a fake training subcommand"
 

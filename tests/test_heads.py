@@ -3,7 +3,7 @@ exact RC invariance) and embeddings."""
 import pytest
 import torch
 
-from core import (MambaLM, RCEmbedding, SequenceClassifier, pool_hidden, sample_logits,
+from mambaseq.core import (MambaLM, RCEmbedding, SequenceClassifier, pool_hidden, sample_logits,
                   top_k_filter, top_p_filter)
 
 V, D = 6, 16

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import core
+from mambaseq import core
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_gradient_matches_reference_scan_in_fp64(monkeypatch):
     blk(x).sum().backward()
     fast = {n: p.grad.clone() for n, p in blk.named_parameters()}
     blk.zero_grad()
-    monkeypatch.setattr("core.mamba.selective_scan", core.selective_scan_ref)
+    monkeypatch.setattr("mambaseq.core.mamba.selective_scan", core.selective_scan_ref)
     blk(x).sum().backward()
     for n, p in blk.named_parameters():
         torch.testing.assert_close(fast[n], p.grad, rtol=1e-8, atol=1e-10, msg=n)

@@ -3,10 +3,10 @@ shapes, causality off the pool boundaries, step == forward, the pooling protocol
 import pytest
 import torch
 
-import mamba_audio.pooling  # noqa: F401  (registers pooling "sashimi")
-from core import MultiscaleBackbone, register_pooling
-from core.multiscale import linear_pooling
-from mamba_audio.pooling import CausalDownPool, CausalUpPool, sashimi_pooling
+import mambaseq.mamba_audio.pooling  # noqa: F401  (registers pooling "sashimi")
+from mambaseq.core import MultiscaleBackbone, register_pooling
+from mambaseq.core.multiscale import linear_pooling
+from mambaseq.mamba_audio.pooling import CausalDownPool, CausalUpPool, sashimi_pooling
 
 D = 16
 

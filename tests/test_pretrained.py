@@ -6,9 +6,9 @@ import pytest
 import safetensors.torch
 import torch
 
-import core
-import mamba_audio.pooling  # noqa: F401  (registers pooling "sashimi")
-from core import (BiMambaBackbone, MambaBackbone, MambaLM, MultiscaleBackbone,
+from mambaseq import core
+import mambaseq.mamba_audio.pooling  # noqa: F401  (registers pooling "sashimi")
+from mambaseq.core import (BiMambaBackbone, MambaBackbone, MambaLM, MultiscaleBackbone,
                   SequenceClassifier, load_pretrained)
 
 D = 16

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pipelines import checkpoint as ckpt
+from mambaseq.pipelines import checkpoint as ckpt
 
 SCRIPT = Path(__file__).with_name("test_trainer.py")
 ARGS = ["--steps", "40", "--batch-size", "4", "--seq-len", "16", "--lr", "1e-2",

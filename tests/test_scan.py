@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-import core
-from core.scan_reference import selective_scan_ref
-from kernels.cpu_scan import CHECKPOINT_CHUNK, selective_scan_cpu
+from mambaseq import core
+from mambaseq.core.scan_reference import selective_scan_ref
+from mambaseq.kernels.cpu_scan import CHECKPOINT_CHUNK, selective_scan_cpu
 
 
 def make_inputs(batch=2, d_inner=8, d_state=4, length=37, groups=None, dtype=torch.float32,

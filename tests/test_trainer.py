@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipelines import checkpoint as ckpt
-from pipelines.options import TrainConfig, add_training_args, parse_seq_len_schedule
-from pipelines.trainer import lr_factor, param_groups, seed_everything, train
+from mambaseq.pipelines import checkpoint as ckpt
+from mambaseq.pipelines.options import TrainConfig, add_training_args, parse_seq_len_schedule
+from mambaseq.pipelines.trainer import lr_factor, param_groups, seed_everything, train
 
 VOCAB = 16
 

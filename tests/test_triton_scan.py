@@ -20,8 +20,8 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from core.scan_reference import selective_scan_ref  # noqa: E402
-from kernels import triton_scan  # noqa: E402
+from mambaseq.core.scan_reference import selective_scan_ref  # noqa: E402
+from mambaseq.kernels import triton_scan  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")

@@ -12,9 +12,9 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from core.scan_reference import selective_scan_ref  # noqa: E402
-from core.state_update import selective_state_update_ref  # noqa: E402
-from kernels.triton_state_update import selective_state_update  # noqa: E402
+from mambaseq.core.scan_reference import selective_scan_ref  # noqa: E402
+from mambaseq.core.state_update import selective_state_update_ref  # noqa: E402
+from mambaseq.kernels.triton_state_update import selective_state_update  # noqa: E402
 
 
 def make_step_inputs(batch, d_inner, d_state, groups, dtype, full, seed=0):

@@ -1,0 +1,208 @@
+"""Build and load the C++ CPU scan kernel, once per (source, flags, torch, CPU).
+
+The build lives in ``$MAMBASEQ_CACHE_DIR`` (default ``~/.cache/mambaseq``) under a folder
+named by a hash of everything that makes one build unusable by another process: the C++
+source, the compiler flags, the torch and Python versions, the compiler, and the CPU
+(model and feature flags, since ``-march=native`` code can crash with an illegal
+instruction on another CPU type). Two checkouts or environments with the same key share
+one build; different keys never load or overwrite each other's.
+
+A build runs in a child process in its own process group, in a temporary folder that is
+renamed into place when the module is complete. The child dies with its parent and takes
+the compiler with it, so a killed run leaves neither a compiler running nor a half build,
+and the next run builds cleanly. A cached build is loaded directly from its ``.so``,
+without importing ``torch.utils.cpp_extension`` (whose import warns about CUDA on every
+CPU-only machine).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Tried in order; a flag the compiler rejects is dropped. -fno-trapping-math lets gcc
+# if-convert the clamps of fast_exp, so its loops vectorise; -fopenmp makes ATen's
+# parallel_for spread channel blocks over threads (without it the kernel runs on one).
+PREFERRED_FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp")
+
+
+def cache_root() -> Path:
+    """Where builds are kept: ``$MAMBASEQ_CACHE_DIR`` or ``~/.cache/mambaseq``."""
+    root = os.environ.get("MAMBASEQ_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mambaseq"
+
+
+def compiler() -> str:
+    """The C++ compiler torch's extension builder uses: ``$CXX`` or ``c++``."""
+    return os.environ.get("CXX", "c++")
+
+
+def cpu_signature() -> str:
+    """Model name and feature flags of this CPU (Linux), else what ``platform`` knows."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    wanted = [line for line in info.splitlines()
+              if line.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")]
+    # one CPU's lines are enough; every core of a machine reports the same features
+    unique = list(dict.fromkeys(wanted))
+    return "\n".join(unique) or f"{platform.machine()} {platform.processor()}"
+
+
+def compiler_version(cxx: str) -> str:
+    """First line of ``cxx --version``, or '' when the compiler cannot be run."""
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.splitlines()[0] if out.stdout else ""
+
+
+def supported_flags(cxx: str, candidates=PREFERRED_FLAGS) -> list[str]:
+    """The subset of ``candidates`` that ``cxx`` accepts (each tried on an empty program)."""
+    kept = []
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.cpp"
+        probe.write_text("int main() { return 0; }\n")
+        for flag in candidates:
+            try:
+                ok = subprocess.run([cxx, flag, str(probe), "-o", str(Path(tmp) / "probe")],
+                                    capture_output=True, timeout=60).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+            if ok:
+                kept.append(flag)
+            else:
+                log.info("C++ kernel build: %s does not accept %s; building without it", cxx, flag)
+    return kept
+
+
+def build_key(source: str, flags, cxx_version: str, cpu: str) -> str:
+    """Hash of what makes a build specific: source, flags, compiler, torch, Python, CPU."""
+    parts = [source, " ".join(flags), cxx_version, torch.__version__,
+             f"{sys.version_info.major}.{sys.version_info.minor}", platform.machine(), cpu]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _import_built(name: str, so_path: Path):
+    spec = importlib.util.spec_from_file_location(
+        name, so_path, loader=importlib.machinery.ExtensionFileLoader(name, str(so_path)))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _die_with_parent():
+    """preexec_fn of the build child: SIGTERM when the parent dies (Linux), own group."""
+    os.setpgrp()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def load_extension(name: str, source_path: Path, announce: str):
+    """Import the extension built from ``source_path``, building it first if needed.
+
+    Args:
+        name: module name prefix; the built module is ``{name}_{key}``.
+        source_path: the C++ file.
+        announce: one line printed to stderr before a (slow) first build.
+    Raises:
+        RuntimeError: the build failed; the message holds the compiler's last lines.
+    """
+    cxx = compiler()
+    source = source_path.read_text()
+    cpu, version = cpu_signature(), compiler_version(cxx)
+
+    def cached(flags):
+        module_name = f"{name}_{build_key(source, flags, version, cpu)}"
+        target = cache_root() / module_name
+        return module_name, target, target / f"{module_name}.so"
+
+    module_name, target, so_path = cached(list(PREFERRED_FLAGS))
+    if not so_path.exists():  # probe the compiler only when the usual build is missing
+        flags = supported_flags(cxx)
+        module_name, target, so_path = cached(flags)
+        if not so_path.exists():
+            print(announce, file=sys.stderr, flush=True)
+            _build(module_name, source_path, flags, target)
+    return _import_built(module_name, so_path)
+
+
+def _build(module_name: str, source_path: Path, flags, target: Path):
+    """Compile into a temporary sibling of ``target`` in a child process, then rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{module_name}-", dir=target.parent))
+    cmd = [sys.executable, "-m", "mambaseq.kernels.cpu_build", module_name, str(source_path),
+           str(staging), *flags]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise RuntimeError(f"compiling {source_path} with {compiler()} failed:\n{tail}")
+        staging.chmod(0o755)  # mkdtemp made it private; a shared cache is read by others
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / f"{module_name}.so").exists():  # not a concurrent build's win
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for stale in target.parent.glob(f".tmp-{module_name}-*"):
+            if not _pid_alive_for(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _pid_alive_for(staging: Path) -> bool:
+    """Whether the process that owns a staging folder (its ``pid`` file) still runs."""
+    try:
+        pid = int((staging / "pid").read_text())
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _stop_build(*_):
+    """SIGTERM handler of the build child (its parent died): pass SIGTERM on to its process
+    group, so ninja stops the compilers it runs in groups of their own, then exit."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    try:
+        while os.wait():  # reap ninja once it has stopped its compilers
+            pass
+    except ChildProcessError:
+        pass
+    os._exit(1)
+
+
+def _child_main(module_name: str, source: str, build_dir: str, *flags: str):
+    """The build child: compiles with ``torch.utils.cpp_extension``; dies with its parent
+    and takes the compiler with it (see ``_stop_build``)."""
+    signal.signal(signal.SIGTERM, _stop_build)
+    Path(build_dir, "pid").write_text(str(os.getpid()))
+    from torch.utils.cpp_extension import load
+    load(name=module_name, sources=[source], extra_cflags=list(flags),
+         extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
+         build_directory=build_dir, verbose=os.environ.get("MAMBASEQ_VERBOSE_BUILD") == "1")
+
+
+if __name__ == "__main__":
+    _child_main(*sys.argv[1:])
