@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .mamba import Mamba, MambaState
 from .norm import RMSNorm
@@ -40,6 +42,21 @@ class Block(nn.Module):
     def mixer_input(self, residual, dtype):
         """(..., D) fp32 residual -> normalised mixer input in the mixer's dtype."""
         return self.norm(residual).to(dtype)
+
+
+def _block_forward(blk, residual, state, dtype):
+    """One residual block: (B, L, D) fp32 residual -> (new residual, the mixer's new state)."""
+    h, new_state = blk.mixer(blk.mixer_input(residual, dtype), state=state, return_state=True)
+    return residual + h.float(), new_state
+
+
+def set_grad_checkpointing(model, enabled=True):
+    """Turn per-block activation checkpointing on or off in every backbone of ``model`` that
+    supports it (those with a ``grad_checkpoint`` attribute); returns how many it set."""
+    found = [m for m in model.modules() if hasattr(m, "grad_checkpoint")]
+    for m in found:
+        m.grad_checkpoint = bool(enabled)
+    return len(found)
 
 
 def init_backbone_weights(module, n_layer):
@@ -85,6 +102,9 @@ class MambaBackboneConfig:
     expand: int = 2                   # E = expand * D
     norm_eps: float = 1e-5
     chunk_size: int = DEFAULT_CHUNK   # steps per chunk of a gradient-free long forward
+    dt_rank: Union[int, str] = "auto"  # R, rank of dt_proj; "auto" = ceil(D / 16)
+    conv_bias: bool = True            # bias of the depthwise conv1d
+    bias: bool = False                # biases of in_proj and out_proj
 
 
 class MambaBackbone(PretrainedMixin, nn.Module):
@@ -96,6 +116,13 @@ class MambaBackbone(PretrainedMixin, nn.Module):
         norm_eps (float, 1e-5): RMSNorm epsilon.
         chunk_size (int, 16384): with gradients off, inputs longer than this are processed
             in chunks of this many steps that pass state (bounded memory at any length).
+        dt_rank (int or "auto"), conv_bias (bool, True), bias (bool, False): passed to each
+            ``Mamba`` (published checkpoints set them; see ``core.hub``).
+
+    ``grad_checkpoint`` (attribute, False; set by ``core.set_grad_checkpointing``): with
+    gradients on, each block's activations are recomputed in the backward pass
+    (``torch.utils.checkpoint``) instead of stored, so training memory holds one block's
+    activations plus the (B, L, D) residual of every block.
 
     The recurrent state of the stack is a list with one ``MambaState`` per layer.
 
@@ -108,15 +135,18 @@ class MambaBackbone(PretrainedMixin, nn.Module):
     config_class = MambaBackboneConfig
 
     def __init__(self, d_model, n_layer, d_state=16, d_conv=4, expand=2, norm_eps=1e-5,
-                 chunk_size=DEFAULT_CHUNK, device=None, dtype=None):
+                 chunk_size=DEFAULT_CHUNK, dt_rank="auto", conv_bias=True, bias=False,
+                 device=None, dtype=None):
         super().__init__()
         self.config = MambaBackboneConfig(d_model, n_layer, d_state, d_conv, expand, norm_eps,
-                                          chunk_size)
+                                          chunk_size, dt_rank, conv_bias, bias)
         factory = {"device": device, "dtype": dtype}
         self.d_model, self.n_layer, self.chunk_size = d_model, n_layer, chunk_size
+        self.grad_checkpoint = False
         self.layers = nn.ModuleList(
             Block(d_model, Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand,
-                                 **factory), norm_eps, **factory)
+                                 dt_rank=dt_rank, conv_bias=conv_bias, bias=bias, **factory),
+                  norm_eps, **factory)
             for _ in range(n_layer))
         self.norm_f = RMSNorm(d_model, eps=norm_eps, **factory)
         init_backbone_weights(self, n_layer)
@@ -151,11 +181,15 @@ class MambaBackbone(PretrainedMixin, nn.Module):
     def _forward_whole(self, x, state):
         """All layers over x (B, L, D) at once; returns y and the list of new states."""
         residual = x.float()                                              # (B, L, D)
+        recompute = self.grad_checkpoint and torch.is_grad_enabled()
         new_state = []
         for i, blk in enumerate(self.layers):
-            h, s = blk.mixer(blk.mixer_input(residual, x.dtype),
-                             state=None if state is None else state[i], return_state=True)
-            residual = residual + h.float()
+            layer_state = None if state is None else state[i]
+            if recompute:
+                residual, s = checkpoint(_block_forward, blk, residual, layer_state, x.dtype,
+                                         use_reentrant=False)
+            else:
+                residual, s = _block_forward(blk, residual, layer_state, x.dtype)
             new_state.append(s)
         return self.norm_f(residual).to(x.dtype), new_state
 

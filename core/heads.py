@@ -6,7 +6,7 @@ Dimension names: B batch, L length, D d_model, V vocabulary, C classes, F featur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -113,6 +113,9 @@ class TokenModelConfig:
 @dataclass
 class MambaLMConfig(TokenModelConfig):
     chunk_size: int = DEFAULT_CHUNK
+    dt_rank: Union[int, str] = "auto"  # R; "auto" = ceil(D / 16)
+    conv_bias: bool = True
+    bias: bool = False                # biases of in_proj and out_proj
 
 
 class MambaLM(PretrainedMixin, nn.Module):
@@ -120,7 +123,8 @@ class MambaLM(PretrainedMixin, nn.Module):
 
     Args:
         vocab_size (int): V.  d_model (int): D.  n_layer (int).
-        d_state, d_conv, expand, norm_eps, chunk_size: as in ``MambaBackbone``.
+        d_state, d_conv, expand, norm_eps, chunk_size, dt_rank, conv_bias, bias: as in
+            ``MambaBackbone``.
 
     >>> lm = MambaLM(vocab_size=16, d_model=128, n_layer=4)
     >>> logits = lm(ids)                                            # (B, L, V)
@@ -131,13 +135,15 @@ class MambaLM(PretrainedMixin, nn.Module):
     config_class = MambaLMConfig
 
     def __init__(self, vocab_size, d_model, n_layer, d_state=16, d_conv=4, expand=2,
-                 norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, device=None, dtype=None):
+                 norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, dt_rank="auto", conv_bias=True,
+                 bias=False, device=None, dtype=None):
         super().__init__()
         self.config = MambaLMConfig(vocab_size, d_model, n_layer, d_state, d_conv, expand,
-                                    norm_eps, chunk_size)
+                                    norm_eps, chunk_size, dt_rank, conv_bias, bias)
         self.embedding = token_embedding(vocab_size, d_model, device=device, dtype=dtype)
         self.backbone = MambaBackbone(d_model, n_layer, d_state, d_conv, expand, norm_eps,
-                                      chunk_size, device=device, dtype=dtype)
+                                      chunk_size, dt_rank, conv_bias, bias, device=device,
+                                      dtype=dtype)
 
     def lm_head(self, h):
         """(..., D) -> (..., V) fp32 logits; the output matrix is the embedding (tied)."""

@@ -42,6 +42,7 @@ COMMANDS = {
     "eval-audio": "mambaseq.pipelines.cmd_eval_audio",
     "bench": "mambaseq.pipelines.cmd_bench",
     "demo": "mambaseq.pipelines.cmd_demo",
+    "convert": "mambaseq.pipelines.cmd_convert",
 }
 
 # Options that steer the command line itself; never taken from nor saved to a config file.

@@ -1,0 +1,65 @@
+"""convert: a published Mamba checkpoint (a folder from the hub) -> a toolkit model folder.
+
+    mambaseq convert hub/mamba-130m-hf --out models/mamba-130m            # -> core.MambaLM
+    mambaseq convert hub/caduceus-ps --out models/caduceus-ps             # -> mamba_bio MaskedLM
+    mambaseq convert models/mamba-130m --out hub/mine --to hf-mamba       # -> transformers folder
+
+Sources (``--from auto`` reads config.json to tell them apart): transformers
+``MambaForCausalLM`` (hf-mamba), mamba_ssm ``MambaLMHeadModel`` (mamba-ssm), Caduceus-Ph /
+Caduceus-PS ``CaduceusForMaskedLM`` (caduceus), or a toolkit model folder (mambaseq, for
+``--to hf-mamba``). A configuration our models cannot represent is refused with the reason.
+"""
+from __future__ import annotations
+
+import torch
+
+from mambaseq import core
+from mambaseq.core import hub
+from mambaseq.mamba_bio.hub_caduceus import CADUCEUS_TOKENIZER, masked_lm_from_caduceus
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
+
+HELP = "convert a hub checkpoint (transformers Mamba, mamba_ssm, Caduceus) to a toolkit model"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_arguments(parser):
+    parser.add_argument("src", help="source folder (config.json + model.safetensors or "
+                                    "pytorch_model.bin)")
+    # dest is not "out": the CLI would write its own config.json into an --out directory.
+    parser.add_argument("--out", dest="out_dir", required=True, help="output folder (replaced)")
+    parser.add_argument("--from", dest="source_format", default="auto",
+                        choices=("auto",) + hub.FORMATS, help="layout of SRC")
+    parser.add_argument("--to", dest="target_format", default="mambaseq",
+                        choices=("mambaseq", "hf-mamba"),
+                        help="mambaseq: a folder core.load_pretrained reads; hf-mamba: a "
+                             "folder transformers' MambaForCausalLM reads")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="dtype of the written weights")
+
+
+def convert(src, source_format="auto", dtype=torch.float32):
+    """``(model, extra_json)``: the toolkit model of folder ``src`` and the JSON files that go
+    beside it (the tokenizer of a Caduceus model)."""
+    if source_format == "mambaseq":
+        return core.load_pretrained(src).to(dtype), {}
+    config, state = hub.read_hub_folder(src)
+    fmt = hub.detect_format(config, src) if source_format == "auto" else source_format
+    if fmt == "mambaseq":
+        return core.load_pretrained(src).to(dtype), {}
+    if fmt == "hf-mamba":
+        return hub.mamba_lm_from_hf(config, state, src, dtype), {}
+    if fmt == "mamba-ssm":
+        return hub.mamba_lm_from_mamba_ssm(config, state, src, dtype), {}
+    tokenizer_config = hub.read_json_if_present(src, CADUCEUS_TOKENIZER)
+    model = masked_lm_from_caduceus(config, state, tokenizer_config, src, dtype)
+    return model, {"tokenizer.json": CharTokenizer().to_config()}
+
+
+def run(args):
+    model, extra = convert(args.src, args.source_format, DTYPES[args.dtype])
+    if args.target_format == "hf-mamba":
+        hub.export_hf_mamba(model, args.out_dir)
+    else:
+        model.save_pretrained(args.out_dir, extra_json=extra)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{type(model).__name__} ({n:,} parameters) -> {args.out_dir} ({args.target_format})")
