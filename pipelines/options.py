@@ -100,6 +100,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                         "fp32 on CPU")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --out/checkpoints")
+    g.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute each Mamba block's activations in the backward pass "
+                        "instead of storing them (less memory at long --seq-len, ~1/3 slower)")
     g.add_argument("--seq-len-schedule", type=_schedule_arg, default="", metavar="STAGES",
                    help="sequence-length warmup, comma-separated steps:seq_len:batch_size "
                         "stages run before --seq-len x --batch-size, e.g. "
@@ -135,6 +138,7 @@ class TrainConfig:
     precision: str = "auto"
     resume: bool = False
     seq_len_schedule: tuple[tuple[int, int, int], ...] = ()  # ((steps, seq_len, batch_size), ...)
+    grad_checkpoint: bool = False     # per-block activation checkpointing in the backbone
 
     def __post_init__(self):
         if isinstance(self.seq_len_schedule, str):

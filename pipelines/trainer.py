@@ -32,6 +32,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from mambaseq.core.backbone import set_grad_checkpointing
+
 from . import checkpoint as ckpt
 from .distributed import (DistContext, all_gather_objects, all_reduce_mean, all_reduce_sum,
                           barrier, broadcast_object, init_distributed, shutdown, wrap_model)
@@ -359,6 +361,9 @@ def _train(model, loss_fn, get_batch, cfg, eval_fn, ctx: DistContext) -> dict:
                               "to continue that run or choose another --out")
     torch.manual_seed(cfg.seed + 1000 * ctx.rank)  # dropout etc.; ranks draw differently
 
+    if cfg.grad_checkpoint and not set_grad_checkpointing(model, True):
+        raise ValueError(f"--grad-checkpoint: a {type(model).__name__} has no backbone with "
+                         "per-block checkpointing (the causal MambaBackbone has it)")
     run = _Run(model, loss_fn, get_batch, cfg, eval_fn, ctx)
     if cfg.resume:
         run.resume()

@@ -1,0 +1,56 @@
+"""Per-block activation checkpointing (``--grad-checkpoint``): same loss and gradients,
+blocks recomputed in the backward pass, switched on by the training loop."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambaseq.core import MambaLM
+from mambaseq.core.backbone import set_grad_checkpointing
+from mambaseq.pipelines.options import TrainConfig
+from mambaseq.pipelines.trainer import train
+
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")
+
+
+def _loss_and_grads(lm, ids):
+    lm.zero_grad()
+    loss = F.cross_entropy(lm(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()}
+
+
+def test_checkpointed_blocks_give_the_same_gradients_and_are_recomputed():
+    lm = MambaLM(11, 16, n_layer=3)
+    ids = torch.randint(0, 11, (2, 65))
+    plain_loss, plain = _loss_and_grads(lm, ids)
+    calls = []
+    lm.backbone.layers[1].mixer.register_forward_pre_hook(lambda *_: calls.append(1))
+    assert set_grad_checkpointing(lm) == 1 and lm.backbone.grad_checkpoint
+    loss, grads = _loss_and_grads(lm, ids)
+    assert len(calls) == 2                     # forward, then again in the backward pass
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    with torch.no_grad():                      # inference is untouched (and state passes)
+        logits, state = lm(ids, return_state=True)
+        assert len(state) == 3 and torch.isfinite(logits).all()
+
+
+def test_training_loop_applies_grad_checkpoint_or_refuses(tmp_path):
+    def get_batch(index, seq_len, batch_size, rank, world):
+        g = torch.Generator().manual_seed(index)
+        return torch.randint(0, 11, (batch_size, seq_len + 1), generator=g)
+
+    def loss_fn(model, batch):
+        logits = model(batch[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()), batch.numel()
+
+    lm = MambaLM(11, 16, n_layer=2)
+    cfg = TrainConfig(out=str(tmp_path / "run"), steps=2, batch_size=2, seq_len=16,
+                      warmup_steps=1, device="cpu", grad_checkpoint=True)
+    train(lm, loss_fn, get_batch, cfg)
+    assert lm.backbone.grad_checkpoint
+    with pytest.raises(ValueError, match="--grad-checkpoint: a Linear has no backbone"):
+        train(torch.nn.Linear(3, 3), loss_fn, get_batch,
+              TrainConfig(out=str(tmp_path / "other"), steps=1, device="cpu",
+                          grad_checkpoint=True))
