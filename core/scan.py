@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from mambaseq.kernels.scan_args import check_scan_args
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name, scan = _backend_for(u.device)
-    if name not in _announced:
+    if name not in _announced and not torch.compiler.is_compiling():  # no graph break
         _announced.add(name)
         log.info("selective_scan: backend %s", name)
     return scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from . import ops
 from .cpu_build import cache_root, load_extension
 from .scan_args import check_scan_args
 
@@ -73,7 +74,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         h0_c = (prep(initial_state) if initial_state is not None
                 else u_c.new_zeros(batch, d_inner, d_state))
         needs_grad = any(ctx.needs_input_grad)
-        y, final_state, ckpt = load_cpu_extension().scan_fwd(
+        y, final_state, ckpt = ops.cpu_scan_fwd(
             u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c,
             delta_softplus, z is not None, CHECKPOINT_CHUNK, needs_grad)
         if needs_grad:
@@ -90,7 +91,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         grad_y = grad_y.to(u_c.dtype).contiguous()
         grad_final = (grad_final.to(u_c.dtype).contiguous() if grad_final is not None
                       else torch.zeros_like(h0_c))
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = load_cpu_extension().scan_bwd(
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = ops.cpu_scan_bwd(
             grad_y, grad_final, u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt,
             ctx.delta_softplus, z is not None, CHECKPOINT_CHUNK)
 

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from . import ops
 from .scan_args import check_scan_args
 
 CHUNK_SIZE = 64   # T: steps per chunk, and the spacing of the saved states (not tuned on a GPU)
@@ -425,8 +426,9 @@ class SelectiveScanFn(torch.autograd.Function):
         # An unused output's gradient comes as None (materialised zeros may lack storage,
         # which the interpreter cannot copy).
         ctx.set_materialize_grads(False)
-        y, final_state, ckpt = _scan_fwd(u, delta, A, B_g, C_g, D, z, delta_bias, initial_state,
-                                         delta_softplus, needs_grad, chunk)
+        y, final_state, ckpt = ops.triton_scan_fwd(u, delta, A, B_g, C_g, D, z, delta_bias,
+                                                   initial_state, delta_softplus, needs_grad,
+                                                   chunk)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B_g, C_g, D, z, delta_bias, ckpt)
             ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
@@ -441,13 +443,13 @@ class SelectiveScanFn(torch.autograd.Function):
             dy = torch.zeros_like(u)
         if d_final is None:
             d_final = u.new_zeros(ckpt.shape[0], ckpt.shape[1], ckpt.shape[3], dtype=torch.float32)
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = _scan_bwd(
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = ops.triton_scan_bwd(
             dy, d_final, u, delta, A, B_g, C_g, D, z, delta_bias, ckpt,
             ctx.delta_softplus, ctx.chunk)
         B_shape, C_shape = ctx.bc_shapes
 
-        def cast(grad, like):
-            return grad.to(like.dtype) if grad is not None else None
+        def cast(grad, like):   # the op returns empty gradients for absent inputs
+            return grad.to(like.dtype) if like is not None else None
 
         dh0 = dh0.to(ctx.initial_state_dtype) if ctx.initial_state_dtype is not None else None
         return (cast(du, u), cast(ddelta, delta), cast(dA, A),

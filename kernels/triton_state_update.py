@@ -12,6 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import ops
 from .triton_scan import check_triton_device
 
 MAX_BLOCK_E = 16
@@ -119,8 +120,15 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> state = torch.zeros(batch, d_inner, d_state, device="cuda")
     >>> y_t = selective_state_update(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_softplus=True)
     """
-    batch, d_inner, d_state, groups = _check_args(state, x, dt, A, B, C, D, z, dt_bias)
+    _check_args(state, x, dt, A, B, C, D, z, dt_bias)
     check_triton_device(state, "selective_state_update")
+    return ops.triton_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def _launch_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    """Launch the kernel on checked arguments (the body of ``ops.triton_state_update``)."""
+    batch, d_inner, d_state = state.shape
+    groups = B.shape[1] if B.dim() == 3 else 1
     if B.dim() == 2:
         B, C = B.unsqueeze(1), C.unsqueeze(1)                # (B, 1, N)
     y = x.new_empty(batch, d_inner)
