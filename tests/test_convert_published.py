@@ -168,3 +168,22 @@ def test_caduceus_configs_that_cannot_map_are_refused(tmp_path, capsys):
                    _caduceus(True, True)[1])
     assert main(["convert", str(folder), "--out", str(tmp_path / "o")]) == 1
     assert "complement_map" in capsys.readouterr().err
+
+
+def test_sharded_safetensors_and_dtype_option(tmp_path):
+    config, state = _mamba_ssm(bias=False)
+    src = tmp_path / "sharded"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(config))
+    names = sorted(k for k in state if k != "lm_head.weight")
+    shards = {"model-00001-of-00002.safetensors": names[:5],
+              "model-00002-of-00002.safetensors": names[5:]}
+    for shard, keys in shards.items():
+        save_file({k: state[k].clone() for k in keys}, str(src / shard))
+    (src / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
+    assert main(["convert", str(src), "--out", str(tmp_path / "bf16"), "--from", "mamba-ssm",
+                 "--dtype", "bfloat16"]) == 0
+    ours = load_pretrained(tmp_path / "bf16")
+    assert ours.embedding.weight.dtype == torch.bfloat16
+    assert torch.equal(ours.embedding.weight, state["backbone.embedding.weight"].bfloat16())
