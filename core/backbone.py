@@ -119,7 +119,7 @@ class MambaBackbone(PretrainedMixin, nn.Module):
         dt_rank (int or "auto"), conv_bias (bool, True), bias (bool, False): passed to each
             ``Mamba`` (published checkpoints set them; see ``core.hub``).
 
-    ``grad_checkpoint`` (attribute, False; set by ``core.set_grad_checkpointing``): with
+    ``grad_checkpoint`` (attribute, False; ``set_grad_checkpointing(model)`` sets it): with
     gradients on, each block's activations are recomputed in the backward pass
     (``torch.utils.checkpoint``) instead of stored, so training memory holds one block's
     activations plus the (B, L, D) residual of every block.

@@ -17,6 +17,10 @@ Dimension names: B batch, E d_inner, N d_state, G groups, L length, T chunk, K c
 
 Absent optional outputs (dz without a gate, dD without D, ...) come back as empty tensors:
 an op returns tensors only.
+
+Strides: under ``torch.compile`` inductor may hand an op a tensor whose layout differs from
+the eager one (padded strides, say), so the C++ ops make their inputs contiguous (free when
+they already are) and every op, real or fake, returns contiguous outputs.
 """
 from __future__ import annotations
 
@@ -43,9 +47,9 @@ def cpu_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     empty tensor unless ``save_checkpoints``)."""
     from .cpu_scan import load_cpu_extension
 
-    y, final_state, ckpt = load_cpu_extension().scan_fwd(
-        u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk,
-        save_checkpoints)
+    dense = [t.contiguous() for t in (u, delta, A, B, C, D, z, delta_bias, h0)]
+    y, final_state, ckpt = load_cpu_extension().scan_fwd(*dense, delta_softplus, has_z, chunk,
+                                                          save_checkpoints)
     return y, final_state, ckpt
 
 
@@ -54,7 +58,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk, sav
     batch, d_inner, length = u.shape
     ckpt_shape = ((batch, d_inner, _n_chunks(length, chunk), A.shape[1]) if save_checkpoints
                   else (0,))
-    return torch.empty_like(u), torch.empty_like(h0), u.new_empty(ckpt_shape)
+    return u.new_empty(u.shape), h0.new_empty(h0.shape), u.new_empty(ckpt_shape)
 
 
 @torch.library.custom_op("mambaseq::cpu_scan_bwd", mutates_args=())
@@ -65,13 +69,16 @@ def cpu_scan_bwd(dy: Tensor, d_final: Tensor, u: Tensor, delta: Tensor, A: Tenso
     (dz empty without a gate)."""
     from .cpu_scan import load_cpu_extension
 
-    return list(load_cpu_extension().scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias,
-                                              h0, ckpt, delta_softplus, has_z, chunk))
+    dense = [t.contiguous() for t in (dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0,
+                                      ckpt)]
+    return list(load_cpu_extension().scan_bwd(*dense, delta_softplus, has_z, chunk))
 
 
 @cpu_scan_bwd.register_fake
 def _(dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0, ckpt, delta_softplus, has_z, chunk):
-    like = torch.empty_like
+    def like(t):
+        return t.new_empty(t.shape)
+
     return [like(u), like(u), like(u) if has_z else _empty(u), like(A), like(B), like(C),
             like(D), like(delta_bias), like(h0)]
 
@@ -96,7 +103,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_c
     batch, d_inner, length = u.shape
     f32 = {"dtype": torch.float32}
     n = _n_chunks(length, chunk) if save_checkpoints else 0
-    return (torch.empty_like(u, memory_format=torch.contiguous_format),
+    return (u.new_empty(u.shape),
             u.new_empty(batch, d_inner, A.shape[1], **f32),
             u.new_empty(batch, d_inner, n, A.shape[1], **f32))
 
