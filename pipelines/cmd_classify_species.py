@@ -98,6 +98,11 @@ def add_arguments(parser):
     g.add_argument("--rc-invariant", action="store_true",
                    help="RC-equivariant backbone + invariant head (bidirectional only)")
     g.add_argument("--pooling", choices=("mean", "max", "last"), default="mean")
+    g.add_argument("--ngram", type=int, default=0, metavar="K",
+                   help="add an embedding of the overlapping K-mer ending at each base to the "
+                        "base embedding (core.NgramEmbedding): the model starts from the "
+                        "features of a K-mer baseline and the backbone adds context (0: bases "
+                        "only; not with --rc-invariant)")
     g.add_argument("--init-from", metavar="DIR", default=None,
                    help="start from a pretrained model's embedding and backbone "
                         "(pretrain-genome: clm for --causal, mlm otherwise, an "
@@ -117,12 +122,15 @@ def build_model(args, cfg, n_classes, tokenizer, init_from=None):
         tokenizer.vocab_size, cfg.d_model, cfg.n_layer, n_classes, pooling=args.pooling,
         bidirectional=not args.causal, rc_equivariant=args.rc_invariant,
         complement=tokenizer.complement_map.tolist() if args.rc_invariant else None,
-        d_state=args.d_state)
+        d_state=args.d_state, ngram=args.ngram,
+        ngram_letters=tokenizer.base_letters if args.ngram else None)
     if init_from:
         import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
         pre = core.load_pretrained(init_from)
         try:
-            model.embedding.load_state_dict(pre.embedding.state_dict())
+            # with --ngram the pretrained base embedding is the token part of the new one
+            target = model.embedding.token if args.ngram else model.embedding
+            target.load_state_dict(pre.embedding.state_dict())
             model.backbone.load_state_dict(pre.backbone.state_dict())
         except (RuntimeError, AttributeError) as err:
             raise ValueError(f"--init-from {init_from}: its {type(pre).__name__} does not "
