@@ -183,11 +183,12 @@ def pretrain(args, cfg, split_bed: Path) -> Path:
 
 
 def score_lengths(model, data, tokenizer, args, seed) -> dict:
-    """Per window length: labels, model predictions and k-mer baseline predictions on fixed
-    test windows of that length (the same test regions at every length)."""
+    """Per window length: labels, model predictions and k-mer baseline predictions on
+    non-overlapping windows tiling the test regions (the same regions at every length; at
+    most --eval-per-class windows per species and length)."""
     out = {}
     for length in args.eval_lengths:
-        test_x, test_y = data.fixed_windows("test", length, args.eval_per_class)
+        test_x, test_y = data.tiled_windows("test", length, args.eval_per_class)
         train_x, train_y = data.fixed_windows("train", length, args.baseline_per_class)
         out[length] = {"labels": test_y,
                        "pred": predict(model, test_x, tokenizer, args.eval_tokens).argmax(1).numpy(),
