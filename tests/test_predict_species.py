@@ -48,8 +48,9 @@ def save_random_classifier(folder, n_classes=3, d_model=8):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny classifier trained by classify-species on three simulated species, with
-    checkpoints (step_*, best) beside its model/ folder, and the species' FASTA files."""
+    """A tiny classifier (with 3-mer embeddings) trained by classify-species on three
+    simulated species, with checkpoints (step_*, best) beside its model/ folder, and the
+    species' FASTA files."""
     root = tmp_path_factory.mktemp("predict")
     genomes = simulate_genomes("((a:0.02,b:0.02):0.1,c:0.1);", length=1500, n_chromosomes=2,
                                seed=4)
@@ -58,7 +59,8 @@ def trained(tmp_path_factory):
     assert main(["classify-species", "--species", *[f"{k}={v}" for k, v in fastas.items()],
                  "--out", str(out), "--steps", "2", "--seq-len", "64", "--eval-per-class", "2",
                  "--baseline-per-class", "4", "--kmer", "1", "--eval-every", "1",
-                 "--save-every", "1", *TINY]) == 0
+                 "--save-every", "1", "--ngram", "3", *TINY]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["config"]["ngram"] == 3
     return {"run": out, "fastas": fastas, "genomes": genomes}
 
 
