@@ -7,7 +7,7 @@ changes according to P(t) = expm(Q t) of a time-reversible rate matrix Q (HKY85 
 normalised to one substitution per unit time at equilibrium), and, when asked, indels
 hit the sequence as Poisson events with geometric lengths.
 
-    python -m mamba_bio.simulate --out data/sim          # 5 species, FASTA per species
+    python -m mambaseq.mamba_bio.simulate --out data/sim          # 5 species, FASTA per species
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def write_species_fastas(out_dir, genomes: dict[str, list[str]]) -> dict[str, Pa
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mamba_bio.simulate",
+    parser = argparse.ArgumentParser(prog="python -m mambaseq.mamba_bio.simulate",
                                      description="Simulate genomes along a tree; one FASTA each.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tree", default=DEFAULT_TREE, help="Newick tree with branch lengths")
@@ -239,11 +239,14 @@ def main(argv=None):
     parser.add_argument("--indel-rate", type=float, default=0.0)
     parser.add_argument("--composition-sd", type=float, default=0.0,
                         help="lineage-specific base composition (learnable species signal)")
+    parser.add_argument("--repeat-fraction", type=float, default=0.0,
+                        help="share of each genome made of lineage-specific repeat copies")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     genomes = simulate_genomes(args.tree, args.length, args.chromosomes, model=args.model,
                                indel_rate=args.indel_rate,
-                               composition_sd=args.composition_sd, seed=args.seed)
+                               composition_sd=args.composition_sd,
+                               repeat_fraction=args.repeat_fraction, seed=args.seed)
     for name, path in write_species_fastas(args.out, genomes).items():
         print(f"{name}\t{path}")
 
