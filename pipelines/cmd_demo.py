@@ -101,10 +101,13 @@ def make_data(out: Path, seed: int) -> None:
     genomes, audio = out / "data" / "genomes", out / "data" / "audio"
     if not genomes.is_dir():
         from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
-        # composition_sd: each lineage drifts in base composition, so species stay separable
-        # in regions the classifier never saw (see mamba_bio.simulate).
+        # composition_sd: each lineage drifts in base composition; repeat_fraction: each
+        # lineage carries its own repeat families (as real genomes do), a signal longer than
+        # the baseline's k-mers. Both let species be told apart in regions the classifier
+        # never saw (see mamba_bio.simulate).
         write_species_fastas(genomes, simulate_genomes(length=20_000, n_chromosomes=2,
-                                                       composition_sd=1.0, seed=seed))
+                                                       composition_sd=1.0, repeat_fraction=0.3,
+                                                       seed=seed))
     if not audio.is_dir():
         from mambaseq.mamba_audio.synth import write_demo_corpus
         write_demo_corpus(audio, n_speakers=4, clips_per_speaker=10, seconds=1.0,
