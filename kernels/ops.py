@@ -18,16 +18,29 @@ Dimension names: B batch, E d_inner, N d_state, G groups, L length, T chunk, K c
 Absent optional outputs (dz without a gate, dD without D, ...) come back as empty tensors:
 an op returns tensors only.
 
+Registered with ``torch.library.Library`` rather than ``torch.library.custom_op``, whose
+kernels import ``torch._dynamo`` (and with it triton) on their first eager call: the CPU
+path must not pay for that.
+
 Strides: under ``torch.compile`` inductor may hand an op a tensor whose layout differs from
 the eager one (padded strides, say), so the C++ ops make their inputs contiguous (free when
 they already are) and every op, real or fake, returns contiguous outputs.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-from torch import Tensor
+
+_LIB = torch.library.Library("mambaseq", "DEF")   # kept alive: it owns the registrations
+ALL_BACKENDS = "CompositeExplicitAutograd"      # the Triton ops: CUDA, and CPU when interpreted
+
+
+def _register(schema, kernel, fake, dispatch_key="CPU"):
+    """Define ``mambaseq::<schema>`` with ``kernel`` and its fake; returns the op overload."""
+    name = schema.split("(")[0]
+    _LIB.define(schema)
+    _LIB.impl(name, kernel, dispatch_key)
+    torch.library.register_fake(f"mambaseq::{name}", fake, lib=_LIB)
+    return getattr(torch.ops.mambaseq, name).default
 
 
 def _n_chunks(length, chunk):
@@ -38,13 +51,13 @@ def _empty(like):
     return like.new_empty(0)
 
 
+def _dense_like(t):
+    return t.new_empty(t.shape)
+
+
 # -- C++ CPU kernel -------------------------------------------------------------------------
-@torch.library.custom_op("mambaseq::cpu_scan_fwd", mutates_args=())
-def cpu_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                 z: Tensor, delta_bias: Tensor, h0: Tensor, delta_softplus: bool, has_z: bool,
-                 chunk: int, save_checkpoints: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """-> y (B, E, L), final state (B, E, N), states entering each chunk (B, E, K, N) (or an
-    empty tensor unless ``save_checkpoints``)."""
+def _cpu_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk,
+                  save_checkpoints):
     from .cpu_scan import load_cpu_extension
 
     dense = [t.contiguous() for t in (u, delta, A, B, C, D, z, delta_bias, h0)]
@@ -53,20 +66,25 @@ def cpu_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     return y, final_state, ckpt
 
 
-@cpu_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk, save_checkpoints):
+def _cpu_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk,
+                       save_checkpoints):
     batch, d_inner, length = u.shape
     ckpt_shape = ((batch, d_inner, _n_chunks(length, chunk), A.shape[1]) if save_checkpoints
                   else (0,))
-    return u.new_empty(u.shape), h0.new_empty(h0.shape), u.new_empty(ckpt_shape)
+    return _dense_like(u), _dense_like(h0), u.new_empty(ckpt_shape)
 
 
-@torch.library.custom_op("mambaseq::cpu_scan_bwd", mutates_args=())
-def cpu_scan_bwd(dy: Tensor, d_final: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
-                 C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor, h0: Tensor, ckpt: Tensor,
-                 delta_softplus: bool, has_z: bool, chunk: int) -> list[Tensor]:
-    """-> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dh0], shaped as their inputs
-    (dz empty without a gate)."""
+cpu_scan_fwd = _register(
+    "cpu_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, "
+    "Tensor delta_bias, Tensor h0, bool delta_softplus, bool has_z, int chunk, "
+    "bool save_checkpoints) -> (Tensor, Tensor, Tensor)", _cpu_scan_fwd, _cpu_scan_fwd_fake)
+# cpu_scan_fwd: The C++ forward (inputs in the compute dtype, B/C (B, G, L, N)) -> y (B,
+# E, L), final state (B, E, N), states entering each chunk (B, E, K, N) (empty unless
+# ``save_checkpoints``).
+
+
+def _cpu_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0, ckpt, delta_softplus,
+                  has_z, chunk):
     from .cpu_scan import load_cpu_extension
 
     dense = [t.contiguous() for t in (dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0,
@@ -74,47 +92,51 @@ def cpu_scan_bwd(dy: Tensor, d_final: Tensor, u: Tensor, delta: Tensor, A: Tenso
     return list(load_cpu_extension().scan_bwd(*dense, delta_softplus, has_z, chunk))
 
 
-@cpu_scan_bwd.register_fake
-def _(dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0, ckpt, delta_softplus, has_z, chunk):
-    def like(t):
-        return t.new_empty(t.shape)
+def _cpu_scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0, ckpt,
+                       delta_softplus, has_z, chunk):
+    return [_dense_like(u), _dense_like(u), _dense_like(u) if has_z else _empty(u),
+            _dense_like(A), _dense_like(B), _dense_like(C), _dense_like(D),
+            _dense_like(delta_bias), _dense_like(h0)]
 
-    return [like(u), like(u), like(u) if has_z else _empty(u), like(A), like(B), like(C),
-            like(D), like(delta_bias), like(h0)]
+
+cpu_scan_bwd = _register(
+    "cpu_scan_bwd(Tensor dy, Tensor d_final, Tensor u, Tensor delta, Tensor A, Tensor B, "
+    "Tensor C, Tensor D, Tensor z, Tensor delta_bias, Tensor h0, Tensor ckpt, "
+    "bool delta_softplus, bool has_z, int chunk) -> Tensor[]", _cpu_scan_bwd,
+    _cpu_scan_bwd_fake)
+# cpu_scan_bwd: The C++ backward -> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dh0],
+# shaped as their inputs (dz empty without a gate).
 
 
 # -- Triton kernels -------------------------------------------------------------------------
-@torch.library.custom_op("mambaseq::triton_scan_fwd", mutates_args=())
-def triton_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                    D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
-                    initial_state: Optional[Tensor], delta_softplus: bool,
-                    save_checkpoints: bool, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
-    """-> y (B, E, L) in u's dtype, final state (B, E, N) fp32, chunk states (B, E, K, N)
-    fp32 (K = 0 unless ``save_checkpoints``)."""
+def _triton_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                     save_checkpoints, chunk):
     from .triton_scan import _scan_fwd
 
     return _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                      save_checkpoints, chunk)
 
 
-@triton_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_checkpoints,
-      chunk):
+def _triton_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                          save_checkpoints, chunk):
     batch, d_inner, length = u.shape
-    f32 = {"dtype": torch.float32}
     n = _n_chunks(length, chunk) if save_checkpoints else 0
-    return (u.new_empty(u.shape),
-            u.new_empty(batch, d_inner, A.shape[1], **f32),
-            u.new_empty(batch, d_inner, n, A.shape[1], **f32))
+    return (_dense_like(u), u.new_empty(batch, d_inner, A.shape[1], dtype=torch.float32),
+            u.new_empty(batch, d_inner, n, A.shape[1], dtype=torch.float32))
 
 
-@torch.library.custom_op("mambaseq::triton_scan_bwd", mutates_args=())
-def triton_scan_bwd(dy: Tensor, d_final: Tensor, u: Tensor, delta: Tensor, A: Tensor,
-                    B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-                    delta_bias: Optional[Tensor], ckpt: Tensor, delta_softplus: bool,
-                    chunk: int) -> list[Tensor]:
-    """-> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dh0], all fp32; the ones of absent
-    inputs (z, D, delta_bias) empty."""
+triton_scan_fwd = _register(
+    "triton_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+    "Tensor? z, Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, "
+    "bool save_checkpoints, int chunk) -> (Tensor, Tensor, Tensor)", _triton_scan_fwd,
+    _triton_scan_fwd_fake, ALL_BACKENDS)
+# triton_scan_fwd: The Triton forward (B/C (B, G, N, L)) -> y (B, E, L) in u's dtype,
+# final state (B, E, N) fp32, chunk states (B, E, K, N) fp32 (K = 0 unless
+# ``save_checkpoints``).
+
+
+def _triton_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus,
+                     chunk):
     from .triton_scan import _scan_bwd
 
     grads = _scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus,
@@ -122,27 +144,38 @@ def triton_scan_bwd(dy: Tensor, d_final: Tensor, u: Tensor, delta: Tensor, A: Te
     return [g if g is not None else _empty(u) for g in grads]
 
 
-@triton_scan_bwd.register_fake
-def _(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus, chunk):
+def _triton_scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt,
+                          delta_softplus, chunk):
     def f32(shape, present=True):
         return u.new_empty(shape if present else (0,), dtype=torch.float32)
 
-    batch, d_inner, length = u.shape
+    batch, d_inner, _ = u.shape
     return [f32(u.shape), f32(u.shape), f32(u.shape, z is not None), f32(A.shape),
             f32(B.shape), f32(C.shape), f32((d_inner,), D is not None),
             f32((d_inner,), delta_bias is not None), f32((batch, d_inner, A.shape[1]))]
 
 
-@torch.library.custom_op("mambaseq::triton_state_update", mutates_args=("state",))
-def triton_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                        D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
-                        dt_softplus: bool) -> Tensor:
-    """One recurrent step: ``state`` (B, E, N) updated in place; -> y (B, E) in x's dtype."""
+triton_scan_bwd = _register(
+    "triton_scan_bwd(Tensor dy, Tensor d_final, Tensor u, Tensor delta, Tensor A, Tensor B, "
+    "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor ckpt, bool delta_softplus, "
+    "int chunk) -> Tensor[]", _triton_scan_bwd, _triton_scan_bwd_fake, ALL_BACKENDS)
+# triton_scan_bwd: The Triton backward -> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias,
+# dh0], fp32; those of absent inputs (z, D, delta_bias) empty.
+
+
+def _triton_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     from .triton_state_update import _launch_state_update
 
     return _launch_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
-@triton_state_update.register_fake
-def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+def _triton_state_update_fake(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
     return x.new_empty(x.shape[0], x.shape[1])
+
+
+triton_state_update = _register(
+    "triton_state_update(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, "
+    "Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor",
+    _triton_state_update, _triton_state_update_fake, ALL_BACKENDS)
+# triton_state_update: One recurrent step: ``state`` (B, E, N) updated in place -> y (B,
+# E) in x's dtype.
