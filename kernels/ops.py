@@ -30,13 +30,18 @@ from __future__ import annotations
 
 import torch
 
-_LIB = torch.library.Library("mambaseq", "DEF")   # kept alive: it owns the registrations
+# FRAGMENT, and ops already defined are kept: in a checkout on sys.path this file can be
+# imported twice, as mambaseq.kernels.ops and as kernels.ops (transformers probes for a
+# "kernels" package that way).
+_LIB = torch.library.Library("mambaseq", "FRAGMENT")   # kept alive: it owns the registrations
 ALL_BACKENDS = "CompositeExplicitAutograd"      # the Triton ops: CUDA, and CPU when interpreted
 
 
 def _register(schema, kernel, fake, dispatch_key="CPU"):
     """Define ``mambaseq::<schema>`` with ``kernel`` and its fake; returns the op overload."""
     name = schema.split("(")[0]
+    if hasattr(torch.ops.mambaseq, name):
+        return getattr(torch.ops.mambaseq, name).default
     _LIB.define(schema)
     _LIB.impl(name, kernel, dispatch_key)
     torch.library.register_fake(f"mambaseq::{name}", fake, lib=_LIB)

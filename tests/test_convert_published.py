@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mambaseq.core import MambaLM, load_pretrained
+from mambaseq.core import MambaLM, SequenceClassifier, load_pretrained
 from mambaseq.mamba_bio.heads import MaskedLM
 from mambaseq.mamba_bio.hub_caduceus import caduceus_token_ids
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
@@ -150,6 +150,14 @@ def test_caduceus_converts_with_reference_logits_on_our_token_ids(tmp_path, rcps
             rc = tok.reverse_complement_ids(ids)
             torch.testing.assert_close(ours(rc), ours(ids).flip(1)[..., tok.complement_map],
                                        rtol=0, atol=1e-5)
+    # and it initialises a classifier as classify-species --init-from does
+    clf = SequenceClassifier(9, ours.config.d_model, n_layer, num_classes=3, bidirectional=True,
+                             rc_equivariant=rcps,
+                             complement=tok.complement_map.tolist() if rcps else None)
+    clf.embedding.load_state_dict(ours.embedding.state_dict())
+    clf.backbone.load_state_dict(ours.backbone.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(clf.hidden(ids), ours.backbone(ours.embedding(ids)))
 
 
 def test_caduceus_configs_that_cannot_map_are_refused(tmp_path, capsys):
