@@ -152,7 +152,7 @@ def test_caduceus_converts_with_reference_logits_on_our_token_ids(tmp_path, rcps
                                        rtol=0, atol=1e-5)
     # and it initialises a classifier as classify-species --init-from does
     clf = SequenceClassifier(9, ours.config.d_model, n_layer, num_classes=3, bidirectional=True,
-                             rc_equivariant=rcps,
+                             rc_equivariant=rcps, d_state=ours.config.d_state,
                              complement=tok.complement_map.tolist() if rcps else None)
     clf.embedding.load_state_dict(ours.embedding.state_dict())
     clf.backbone.load_state_dict(ours.backbone.state_dict())
