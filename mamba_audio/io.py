@@ -6,13 +6,14 @@ read (an unsupported extension, a corrupt or empty file, a NaN or infinite sampl
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from mambaseq.core.atomic import atomic_file
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 NORMALIZE = ("peak", "none")
@@ -91,10 +92,8 @@ def save_audio(path, waveform: torch.Tensor, sample_rate: int, subtype: str = "P
         raise ValueError(f"{path}: refusing to write a waveform with NaN or inf samples")
     data = wav.clamp(-1.0, 1.0).numpy()
     data = data.T if data.ndim == 2 else data                            # (L, channels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
     return path
 
 

@@ -32,7 +32,8 @@ from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.metrics import (classification_report, kmer_baseline, paired_comparison,
                                plot_confusion)
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
-from mambaseq.pipelines.checkpoint import BEST
+from mambaseq.pipelines.checkpoint import BEST, load_model, model_assets
+from mambaseq.pipelines.distributed import is_main_process
 from mambaseq.pipelines.options import TrainConfig, add_training_args
 from mambaseq.pipelines.trainer import seed_everything, train
 
@@ -101,8 +102,7 @@ def build_model(args, cfg, n_classes, tokenizer):
         complement=tokenizer.complement_map.tolist() if args.rc_invariant else None,
         d_state=args.d_state)
     if args.init_from:
-        import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
-        pre = core.load_pretrained(args.init_from)
+        pre = load_model(args.init_from)
         try:
             model.embedding.load_state_dict(pre.embedding.state_dict())
             model.backbone.load_state_dict(pre.backbone.state_dict())
@@ -149,13 +149,12 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
 
     seed_everything(cfg.seed)
     model = build_model(args, cfg, len(data.classes), tokenizer)
-    summary = train(model, classify_loss, data.get_batch, cfg, eval_fn=eval_fn)
-    tokenizer.save(summary["model_dir"])
-    Path(summary["model_dir"], "classes.json").write_text(json.dumps(data.classes) + "\n")
+    summary = train(model, classify_loss, data.get_batch, cfg, eval_fn=eval_fn,
+                    assets=model_assets(tokenizer, data.classes))
 
     # Score the checkpoint with the lowest validation loss when validation ran, else the final model.
     best = Path(summary["out"]) / "checkpoints" / BEST
-    scored = core.load_pretrained(best) if best.is_dir() else model.cpu()
+    scored = load_model(best) if best.is_dir() else model.cpu()
     train_x, train_y = data.fixed_windows("train", cfg.seq_len, args.baseline_per_class)
     return {"classes": data.classes, "labels": test_y,
             "pred": predict(scored, test_x, tokenizer).argmax(1).numpy(),
@@ -208,6 +207,8 @@ def run(args):
                  for i in range(args.folds)]
     else:
         parts = [train_and_score(args, cfg, species, tokenizer, by=args.split_by)]
+    if not is_main_process():
+        return
     report = pooled_report(parts, args)
     out = Path(cfg.out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -18,11 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mambaseq import core
-import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
 from mambaseq.mamba_bio.embeddings import hidden_chunks, pooled_features
 from mambaseq.mamba_bio.fasta import open_sequences
-from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.checkpoint import load_model, read_tokenizer
 
 HELP = "pooled (and per-position) embeddings of FASTA records from a trained model"
 
@@ -67,8 +65,8 @@ def run(args):
     out = Path(args.out_file)
     if out.suffix not in (".npz", ".npy"):
         raise ValueError(f"--out must end in .npz or .npy, got {out}")
-    model = core.load_pretrained(args.model, device=args.device)
-    tokenizer = CharTokenizer.load(args.model)
+    model = load_model(args.model, device=args.device)
+    tokenizer = read_tokenizer(args.model)
     source = open_sequences(args.fasta, decompress_gzip=args.decompress_gzip)
     pos_dir = Path(args.per_position) if args.per_position else None
     if pos_dir:

@@ -13,11 +13,10 @@ import json
 from tqdm.auto import tqdm
 
 from mambaseq import core
-import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM: an mlm model gets a clear error)
 from mambaseq.mamba_bio.bed import read_bed
 from mambaseq.mamba_bio.fasta import Window, open_sequences
 from mambaseq.mamba_bio.metrics import lm_metrics, lm_nll
-from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.checkpoint import load_model, read_tokenizer
 
 HELP = "perplexity and bits per base of a pretrained causal genome model on FASTA files"
 
@@ -36,13 +35,13 @@ def add_arguments(parser):
 
 
 def run(args):
-    model = core.load_pretrained(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     if not isinstance(model, core.MambaLM):
         raise ValueError(f"{args.model} holds a {type(model).__name__}; eval-genome needs a "
                          "causal MambaLM (pretrain-genome --objective clm)")
     if args.bed and len(args.fasta) != 1:
         raise ValueError("--bed needs exactly one --fasta")
-    tokenizer = CharTokenizer.load(args.model)
+    tokenizer = read_tokenizer(args.model)
     jobs = []
     for path in args.fasta:
         source = open_sequences(path, decompress_gzip=args.decompress_gzip)

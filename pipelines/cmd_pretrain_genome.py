@@ -27,6 +27,8 @@ from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.heads import MaskedLM
 from mambaseq.mamba_bio.metrics import best_markov_perplexity, lm_metrics, lm_nll
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.checkpoint import model_assets
+from mambaseq.pipelines.distributed import is_main_process
 from mambaseq.pipelines.options import TrainConfig, add_training_args
 from mambaseq.pipelines.trainer import seed_everything, train
 
@@ -162,8 +164,10 @@ def run(args):
         loss_fn = mlm_loss
         val_data = GenomeWindows(sources, splits["val"], rc_augment=False, **common)
         eval_fn = make_mlm_eval(val_data, cfg.seq_len)
-    summary = train(model, loss_fn, train_data.get_batch, cfg, eval_fn=eval_fn)
-    tokenizer.save(summary["model_dir"])
+    summary = train(model, loss_fn, train_data.get_batch, cfg, eval_fn=eval_fn,
+                    assets=model_assets(tokenizer))
+    if not is_main_process():
+        return
 
     report = {"objective": args.objective, "steps": summary["step"],
               "train_loss": summary["loss"], "val": summary["val"],

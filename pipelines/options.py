@@ -8,6 +8,7 @@ and hands it to ``pipelines.trainer.train``.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, fields
 
 
@@ -57,6 +58,41 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+# Options that may differ on --resume: they change how long the run goes and what it writes,
+# not what it learns from (every other option must be the run's own).
+RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "log_every", "keep_last",
+                     "early_stop", "device")
+_NOT_AN_OPTION_OF_THE_RUN = ("resume", "out", "command")   # the folder may have moved
+
+
+def check_resume_options(saved: dict, now: dict, where) -> None:
+    """Refuse a resume whose options differ from the run's own, except ``RESUME_MAY_CHANGE``.
+
+    Args:
+        saved: the options the run was started with (its config.json / train_config.json).
+        now: the options of this invocation, same keys (dest names).
+        where: the file ``saved`` comes from, for the message.
+    Raises:
+        ValueError: naming the first option that changed, both values and the file.
+    """
+    for key in sorted(set(saved) & set(now)):   # an option added since is not a change
+        if (key in RESUME_MAY_CHANGE or key in _NOT_AN_OPTION_OF_THE_RUN
+                or saved.get(key) == now.get(key)):
+            continue
+        option = "--" + key.replace("_", "-")
+        raise ValueError(f"--resume: {option} is {now.get(key)!r} but the run in {where} used "
+                         f"{saved.get(key)!r}; resume with the run's own options (only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} "
+                         "may change) or start a new run in another --out")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """Add the options every training subcommand shares (an argument group "training")."""
     g = parser.add_argument_group("training")
@@ -69,7 +105,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="sequences per micro-batch on each process")
     g.add_argument("--seq-len", type=_positive_int, default=1024,
                    help="tokens (or samples) per training sequence")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
+    g.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate of AdamW")
     g.add_argument("--weight-decay", type=float, default=0.1,
                    help="AdamW weight decay (never applied to norms, biases, A_log, D)")
     g.add_argument("--warmup-steps", type=_non_negative_int, default=100,
@@ -99,7 +135,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="autocast dtype; auto = bf16 on GPUs that support it (else fp16), "
                         "fp32 on CPU")
     g.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --out/checkpoints")
+                   help="continue from the newest checkpoint in --out/checkpoints, with the "
+                        "run's own options: only --steps, --save-every, --eval-every, "
+                        "--log-every, --keep-last, --early-stop and --device may change")
     g.add_argument("--seq-len-schedule", type=_schedule_arg, default="", metavar="STAGES",
                    help="sequence-length warmup, comma-separated steps:seq_len:batch_size "
                         "stages run before --seq-len x --batch-size, e.g. "

@@ -11,6 +11,7 @@ from mambaseq.mamba_bio.embeddings import hidden_chunks
 from mambaseq.mamba_bio.metrics import lm_nll
 from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.checkpoint import load_model
 from mambaseq.pipelines.cli import main
 
 TINY = ["--d-model", "8", "--n-layer", "1", "--d-state", "4", "--batch-size", "2",
@@ -146,7 +147,7 @@ def test_mlm_pretraining_initialises_a_classifier(sim, tmp_path, capsys):
     assert main(["pretrain-genome", "--fasta", str(sim["a"]), "--objective", "mlm",
                  "--rc-equivariant", "--out", str(rc), "--steps", "2", "--seq-len", "32",
                  *TINY]) == 0
-    assert core.load_pretrained(rc / "model").config.rc_equivariant
+    assert load_model(rc / "model").config.rc_equivariant
     assert main(["classify-species", "--species", f"a={sim['a']}", f"b={sim['b']}",
                  "--out", str(tmp_path / "cls_rc"), "--init-from", str(rc / "model"),
                  "--rc-invariant", "--steps", "1", "--seq-len", "32", "--eval-per-class", "2",

@@ -110,8 +110,8 @@ def test_loading_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown config fields"):
         load_pretrained(tmp_path / "bb")
     cfg.write_text(json.dumps({**payload, "config": {**payload["config"], "n_layer": 2}}))
-    with pytest.raises(RuntimeError):                       # weights do not fit: strict
-        load_pretrained(tmp_path / "bb")
+    with pytest.raises(ValueError, match="model.safetensors: the weights do not fit"):
+        load_pretrained(tmp_path / "bb")                    # strict, one line
     with pytest.raises(FileNotFoundError):
         load_pretrained(tmp_path / "absent")
 
