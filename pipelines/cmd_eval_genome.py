@@ -17,6 +17,8 @@ from mambaseq.mamba_bio.bed import read_bed
 from mambaseq.mamba_bio.fasta import Window, open_sequences
 from mambaseq.mamba_bio.metrics import lm_metrics, lm_nll
 from mambaseq.pipelines.checkpoint import load_model, read_tokenizer
+from mambaseq.pipelines.distributed import resolve_device
+from mambaseq.pipelines.options import positive_int
 
 HELP = "perplexity and bits per base of a pretrained causal genome model on FASTA files"
 
@@ -27,7 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--fasta", required=True, nargs="+", help="FASTA file(s) to score")
     parser.add_argument("--bed", default=None,
                         help="score only these intervals (BED, for a single --fasta)")
-    parser.add_argument("--chunk-len", type=int, default=2 ** 14,
+    parser.add_argument("--chunk-len", type=positive_int, default=2 ** 14,
                         help="bases per forward chunk (memory bound)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--decompress-gzip", action="store_true",
@@ -35,7 +37,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    model = load_model(args.model, device=args.device)
+    device = resolve_device(args.device)          # names --device when there is no GPU
+    model = load_model(args.model, device=device)
     if not isinstance(model, core.MambaLM):
         raise ValueError(f"{args.model} holds a {type(model).__name__}; eval-genome needs a "
                          "causal MambaLM (pretrain-genome --objective clm)")
@@ -52,7 +55,7 @@ def run(args):
     for path, source, r in tqdm(jobs, unit="record", disable=len(jobs) < 2):
         ids = tokenizer.encode(source.fetch(r.name, r.start, r.end, r.strand), add_bos=True,
                                source=f"{path}:{r.name}:{r.start}")
-        nll, n = lm_nll(model, ids.to(args.device), chunk_len=args.chunk_len)
+        nll, n = lm_nll(model, ids.to(device), chunk_len=args.chunk_len)
         total, count = total + nll, count + n
     if count == 0:
         raise ValueError(f"no A/C/G/T bases to score in {', '.join(args.fasta)}")

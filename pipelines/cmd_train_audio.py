@@ -23,7 +23,7 @@ from mambaseq.mamba_audio.model import PRESETS, AudioLM
 from mambaseq.mamba_audio.quantize import KINDS
 
 from .distributed import is_main_process
-from .options import TrainConfig, add_training_args
+from .options import TrainConfig, add_training_args, fraction, regex
 from .trainer import seed_everything, train
 
 HELP = "train a SaShiMi-Mamba autoregressive model on a folder of audio files"
@@ -36,7 +36,7 @@ def add_data_args(parser) -> None:
                    help="folder of .wav/.flac/.ogg files (searched recursively)")
     g.add_argument("--split-by", choices=SPLIT_BY, default="speaker",
                    help="hold out whole speakers, or a random share of the files")
-    g.add_argument("--speaker-regex", default=FSDD_SPEAKER_REGEX,
+    g.add_argument("--speaker-regex", type=regex, default=FSDD_SPEAKER_REGEX,
                    help="regex on each file's path below --data; group 'speaker' (or 1) is "
                         "the speaker (default: FSDD's {digit}_{speaker}_{take}.wav)")
     g.add_argument("--speakers-csv", metavar="CSV", default=None,
@@ -44,7 +44,7 @@ def add_data_args(parser) -> None:
     g.add_argument("--test-speakers", default=None, metavar="A,B",
                    help="comma-separated held-out speakers (default: a seeded random "
                         "--test-fraction of them)")
-    g.add_argument("--test-fraction", type=float, default=0.25,
+    g.add_argument("--test-fraction", type=fraction, default=0.25,
                    help="share of speakers (or files) held out when not named")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the random split")
     g.add_argument("--normalize", choices=NORMALIZE, default="peak",
