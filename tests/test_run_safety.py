@@ -14,6 +14,7 @@ import torch
 
 from mambaseq import core
 from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines import checkpoint as ckpt
 from mambaseq.pipelines import cmd_pretrain_genome
 from mambaseq.pipelines import distributed
@@ -65,6 +66,8 @@ def test_every_model_folder_carries_its_tokenizer(run10, tmp_path, sim, capsys):
     assert f"{bare / 'tokenizer.json'}: missing" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         ckpt.read_tokenizer(bare)
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        CharTokenizer.load(bare)
 
 
 def test_classifier_folders_carry_class_names(sim, tmp_path):
@@ -113,8 +116,16 @@ def test_new_run_on_an_existing_run_writes_nothing(run10, sim, capsys):
 
 
 def test_resume_of_a_finished_run_keeps_the_report(run10, sim):
+    """Also what a kill after the last checkpoint leaves: no model/, no report yet."""
+    import shutil
     before = json.loads((run10 / "report.json").read_text())
     assert pretrain(sim, run10, "--resume") == 0
+    after = json.loads((run10 / "report.json").read_text())
+    assert after["train_loss"] is not None and after["train_loss"] == before["train_loss"]
+    shutil.rmtree(run10 / "model")
+    (run10 / "report.json").unlink()
+    assert pretrain(sim, run10, "--resume") == 0
+    assert ckpt.read_tokenizer(run10 / "model").strict is False
     after = json.loads((run10 / "report.json").read_text())
     assert after["train_loss"] is not None and after["train_loss"] == before["train_loss"]
     assert after["val"] == before["val"] != {}
@@ -227,3 +238,17 @@ def test_only_the_main_process_writes_reports(sim, tmp_path, monkeypatch):
     out = tmp_path / "rank1"
     assert pretrain(sim, out, steps=1) == 0
     assert not (out / "config.json").exists() and not (out / "report.json").exists()
+
+
+# -- 12: errors in the right place ---------------------------------------------------------
+
+def test_strict_names_the_file_and_record_of_a_bad_validation_base(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    bases = "".join(rng.choice(list("ACGT"), 3000))
+    fasta = tmp_path / "iupac.fa"
+    fasta.write_text(f">chrQ\n{bases[:2900]}R{bases[2900:]}\n")     # R in the val split
+    assert main(["pretrain-genome", "--fasta", str(fasta), "--out", str(tmp_path / "o"),
+                 "--strict", "--split-by", "position", "--val-bases", "3000", "--steps", "1",
+                 *TINY]) == 1
+    err = capsys.readouterr().err
+    assert f"unknown base 'R' at position 199 in {fasta}:chrQ:2701" in err   # 2701 + 199 = 2900

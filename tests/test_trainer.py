@@ -146,6 +146,20 @@ def test_early_stop_and_existing_checkpoints_need_resume(tmp_path):
         train(TinyLM(), loss_fn, get_batch, cfg)
 
 
+def test_resume_refuses_a_changed_run_and_keeps_the_summary(tmp_path):
+    seed_everything(0)
+    cfg = tiny_cfg(tmp_path, steps=5)
+    done = train(TinyLM(), loss_fn, get_batch, cfg, eval_fn=make_eval_fn())
+    with pytest.raises(ValueError, match=r"--resume: --lr is 0.5 but the run in .*"
+                                         r"step_0000005/train_config.json used 0.01"):
+        train(TinyLM(), loss_fn, get_batch, tiny_cfg(tmp_path, steps=5, lr=0.5, resume=True))
+    with pytest.raises(ValueError, match=r"model.safetensors: the weights do not fit"):
+        train(TinyLM(d_model=8), loss_fn, get_batch, tiny_cfg(tmp_path, steps=5, resume=True))
+    again = train(TinyLM(), loss_fn, get_batch, tiny_cfg(tmp_path, steps=5, resume=True),
+                  eval_fn=make_eval_fn())          # nothing left to train: same figures
+    assert again["loss"] == done["loss"] is not None and again["val"] == done["val"] != {}
+
+
 def test_nan_loss_is_one_clear_error(tmp_path):
     def nan_loss(model, batch):
         return model(batch[:, :-1]).sum() * float("nan"), 1
