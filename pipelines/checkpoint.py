@@ -211,14 +211,17 @@ def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> None:
 
 
 def clean_stale(root: str | os.PathLike) -> None:
-    """Remove what a killed writer left: ``.tmp-*`` directories; an ``.old-<name>-<pid>``
+    """Remove what a killed writer left: ``.tmp-*`` folders and files; an ``.old-<name>-<pid>``
     swapped out just before the kill is put back when ``<name>`` is missing."""
     root = Path(root)
     if not root.is_dir():
         return
     for p in root.iterdir():
         if p.name.startswith(TMP_PREFIX):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)        # an atomic_file's, e.g. config.json's
         elif p.name.startswith(OLD_PREFIX):
             original = root / p.name[len(OLD_PREFIX):].rsplit("-", 1)[0]
             if original.exists():
