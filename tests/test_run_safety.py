@@ -16,7 +16,7 @@ from mambaseq import core
 from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines import checkpoint as ckpt
-from mambaseq.pipelines import cmd_pretrain_genome
+from mambaseq.pipelines import cmd_classify_species, cmd_pretrain_genome
 from mambaseq.pipelines import distributed
 from mambaseq.pipelines.cli import main
 
@@ -233,11 +233,16 @@ def test_tampered_trainer_state_is_not_trusted(run10, sim, capsys, tmp_path):
 # -- 6: only the main process writes -------------------------------------------------------
 
 def test_only_the_main_process_writes_reports(sim, tmp_path, monkeypatch):
-    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
-    monkeypatch.setattr(cmd_pretrain_genome, "is_main_process", lambda: False)
+    for module in (distributed, cmd_pretrain_genome, cmd_classify_species):
+        monkeypatch.setattr(module, "is_main_process", lambda: False)
     out = tmp_path / "rank1"
     assert pretrain(sim, out, steps=1) == 0
     assert not (out / "config.json").exists() and not (out / "report.json").exists()
+    cls = tmp_path / "cls_rank1"
+    assert main(["classify-species", "--species", f"a={sim['a']}", f"b={sim['b']}", "--out",
+                 str(cls), "--steps", "1", "--eval-per-class", "2", "--baseline-per-class",
+                 "4", "--kmer", "1", *TINY]) == 0
+    assert not (cls / "report.json").exists() and not (cls / "confusion.png").exists()
 
 
 # -- 12: errors in the right place ---------------------------------------------------------
