@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .heads import MambaLM
-from .pretrained import _write_dir_atomically
+from .atomic import atomic_dir
 
 FORMATS = ("hf-mamba", "mamba-ssm", "caduceus", "mambaseq")
 
@@ -294,8 +294,6 @@ def export_hf_mamba(lm, out):
         tensors[f"backbone.{k}"] = t
     tensors = {k: t.detach().contiguous().cpu() for k, t in tensors.items()}
 
-    def write(tmp):
+    with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_mamba_config(lm), indent=2) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-
-    _write_dir_atomically(out, write)
