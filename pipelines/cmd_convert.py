@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from mambaseq import core
 from mambaseq.core import hub
 from mambaseq.mamba_bio.hub_caduceus import CADUCEUS_TOKENIZER, masked_lm_from_caduceus
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.checkpoint import load_model
 
 HELP = "convert a hub checkpoint (transformers Mamba, mamba_ssm, Caduceus) to a toolkit model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,7 +31,7 @@ def add_arguments(parser):
                         choices=("auto",) + hub.FORMATS, help="layout of SRC")
     parser.add_argument("--to", dest="target_format", default="mambaseq",
                         choices=("mambaseq", "hf-mamba"),
-                        help="mambaseq: a folder core.load_pretrained reads; hf-mamba: a "
+                        help="mambaseq: a toolkit model folder (as training writes); hf-mamba: a "
                              "folder transformers' MambaForCausalLM reads")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="dtype of the written weights")
@@ -41,11 +41,11 @@ def convert(src, source_format="auto", dtype=torch.float32):
     """``(model, extra_json)``: the toolkit model of folder ``src`` and the JSON files that go
     beside it (the tokenizer of a Caduceus model)."""
     if source_format == "mambaseq":
-        return core.load_pretrained(src).to(dtype), {}
+        return load_model(src).to(dtype), {}
     config, state = hub.read_hub_folder(src)
     fmt = hub.detect_format(config, src) if source_format == "auto" else source_format
     if fmt == "mambaseq":
-        return core.load_pretrained(src).to(dtype), {}
+        return load_model(src).to(dtype), {}
     if fmt == "hf-mamba":
         return hub.mamba_lm_from_hf(config, state, src, dtype), {}
     if fmt == "mamba-ssm":
