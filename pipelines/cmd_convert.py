@@ -16,9 +16,10 @@ import torch
 from mambaseq.core import hub
 from mambaseq.mamba_bio.hub_caduceus import CADUCEUS_TOKENIZER, masked_lm_from_caduceus
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
-from mambaseq.pipelines.checkpoint import load_model
+from mambaseq.pipelines.checkpoint import CLASSES_FILE, TOKENIZER_FILE, load_model, model_assets
 
 HELP = "convert a hub checkpoint (transformers Mamba, mamba_ssm, Caduceus) to a toolkit model"
+ASSETS = (TOKENIZER_FILE, CLASSES_FILE)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,28 +36,45 @@ def add_arguments(parser):
                              "folder transformers' MambaForCausalLM reads")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="dtype of the written weights")
+    parser.add_argument("--char-tokenizer", action="store_true",
+                        help="write the toolkit's nucleotide tokenizer.json beside a converted "
+                             "causal model trained on its ids (e.g. one exported with --to "
+                             "hf-mamba), so that eval-genome and embed can read DNA with it")
+
+
+def _toolkit_folder(src, dtype):
+    """A toolkit model folder's model and the JSON files it carries (tokenizer, classes)."""
+    assets = {name: hub.read_json_if_present(src, name) for name in ASSETS}
+    return load_model(src).to(dtype), {k: v for k, v in assets.items() if v is not None}
 
 
 def convert(src, source_format="auto", dtype=torch.float32):
     """``(model, extra_json)``: the toolkit model of folder ``src`` and the JSON files that go
-    beside it (the tokenizer of a Caduceus model)."""
+    beside it (a toolkit folder's own, the tokenizer of a Caduceus model)."""
     if source_format == "mambaseq":
-        return load_model(src).to(dtype), {}
+        return _toolkit_folder(src, dtype)
     config, state = hub.read_hub_folder(src)
     fmt = hub.detect_format(config, src) if source_format == "auto" else source_format
     if fmt == "mambaseq":
-        return load_model(src).to(dtype), {}
+        return _toolkit_folder(src, dtype)
     if fmt == "hf-mamba":
         return hub.mamba_lm_from_hf(config, state, src, dtype), {}
     if fmt == "mamba-ssm":
         return hub.mamba_lm_from_mamba_ssm(config, state, src, dtype), {}
     tokenizer_config = hub.read_json_if_present(src, CADUCEUS_TOKENIZER)
     model = masked_lm_from_caduceus(config, state, tokenizer_config, src, dtype)
-    return model, {"tokenizer.json": CharTokenizer().to_config()}
+    return model, model_assets(tokenizer=CharTokenizer())
 
 
 def run(args):
     model, extra = convert(args.src, args.source_format, DTYPES[args.dtype])
+    if args.char_tokenizer:
+        vocab = CharTokenizer().vocab_size
+        if getattr(model.config, "vocab_size", 0) < vocab:
+            raise ValueError(f"--char-tokenizer: {args.src} has a vocabulary of "
+                             f"{getattr(model.config, 'vocab_size', 0)} tokens, fewer than the "
+                             f"{vocab} of the nucleotide tokenizer")
+        extra = {**extra, **model_assets(tokenizer=CharTokenizer())}
     if args.target_format == "hf-mamba":
         hub.export_hf_mamba(model, args.out_dir)
     else:

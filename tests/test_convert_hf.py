@@ -8,6 +8,7 @@ import torch
 
 from mambaseq.core import MambaLM, load_pretrained
 from mambaseq.core.hub import ConversionError
+from mambaseq.pipelines.checkpoint import read_tokenizer
 from mambaseq.pipelines.cli import main
 
 transformers = pytest.importorskip("transformers")
@@ -56,6 +57,13 @@ def test_export_to_hf_mamba_loads_in_transformers_with_equal_logits(tmp_path):
         torch.testing.assert_close(back(ids).logits, hf(ids).logits, rtol=0, atol=1e-6)
         torch.testing.assert_close(back(ids).logits, load_pretrained(ours)(ids), rtol=0,
                                    atol=1e-5)
+    # back again, marked as reading the nucleotide ids: the genomics commands find its tokenizer
+    again = tmp_path / "again"
+    assert main(["convert", str(tmp_path / "back"), "--out", str(again), "--char-tokenizer"]) == 0
+    assert read_tokenizer(again).vocab_size == 9
+    assert main(["convert", str(again), "--out", str(tmp_path / "copy"), "--dtype",
+                 "bfloat16"]) == 0                   # a toolkit folder keeps its tokenizer
+    assert read_tokenizer(tmp_path / "copy").vocab_size == 9
 
 
 def test_untied_or_non_mamba_configs_are_refused_with_a_reason(tmp_path, capsys):
