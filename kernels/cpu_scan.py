@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_CHUNK = 128  # steps between saved states; the backward recomputes inside a chunk
 # Elements of each of the backward's dB and dC partial-sum buffers (per block of 8 channels,
 # per segment of the sequence): the backward walks the sequence in segments that fit.
-PARTIAL_BUDGET = 1 << 22
+PARTIAL_BUDGET = 1 << 20
 
 
 @functools.lru_cache(maxsize=1)

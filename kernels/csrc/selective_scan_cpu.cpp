@@ -44,7 +44,7 @@ constexpr int64_t kTile = 64;                 // time steps staged per tile in t
 // x = (i + f) ln 2 with i integer and |f| <= 1/2; 2^f by a degree-6 polynomial fitted on
 // Chebyshev nodes of [-1/2, 1/2]; 2^i by adding i to the float's exponent bits.
 inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = std::min(std::max(x, -87.0f), 88.0f);            // one max and one min instruction
   const float t = x * 1.44269504088896341f;           // x / ln 2
   const float fi = std::nearbyint(t);
   const float f = t - fi;                              // in [-1/2, 1/2]
@@ -127,6 +127,11 @@ GroupSeq<T> group_seq_of(const torch::Tensor& t) {
 template <typename T>
 void stage(const Seq<const T>& s, int64_t b, int64_t e0, int64_t width, int64_t t0, int64_t steps,
            T (*tile)[kLanes], T fill) {
+  if (s.se == 1 && width == kLanes) {  // time-major: a step's lanes are contiguous
+    const T* src = &s.at(b, e0, t0);
+    for (int64_t k = 0; k < steps; ++k) std::memcpy(tile[k], src + k * s.st, sizeof(tile[k]));
+    return;
+  }
   for (int64_t j = 0; j < kLanes; ++j) {
     if (j >= width) {
       for (int64_t k = 0; k < steps; ++k) tile[k][j] = fill;
@@ -141,6 +146,11 @@ void stage(const Seq<const T>& s, int64_t b, int64_t e0, int64_t width, int64_t 
 template <typename T>
 void unstage(const Seq<T>& s, int64_t b, int64_t e0, int64_t width, int64_t t0, int64_t steps,
              const T (*tile)[kLanes]) {
+  if (s.se == 1 && width == kLanes) {
+    T* dst = &s.at(b, e0, t0);
+    for (int64_t k = 0; k < steps; ++k) std::memcpy(dst + k * s.st, tile[k], sizeof(tile[k]));
+    return;
+  }
   for (int64_t j = 0; j < width; ++j) {
     T* dst = &s.at(b, e0 + j, t0);
     for (int64_t k = 0; k < steps; ++k) dst[k * s.st] = tile[k][j];
@@ -212,6 +222,28 @@ void step_sizes(const ScanArgs<T>& a, const LaneParams<T>& p, int64_t steps, T (
   }
 }
 
+// Calls body(n, chain) for n in [0, count): sums that body keeps per chain form kChains
+// independent dependency chains (an FMA waits ~4 cycles for the previous one), combined
+// by combine_chains in a fixed order.
+constexpr int64_t kChains = 4;
+
+template <typename F>
+inline void over_states(int64_t count, F&& body) {
+  int64_t n = 0;
+  for (; n + kChains <= count; n += kChains) {
+    body(n, 0);
+    body(n + 1, 1);
+    body(n + 2, 2);
+    body(n + 3, 3);
+  }
+  for (; n < count; ++n) body(n, 0);
+}
+
+template <typename T>
+inline T combine_chains(const T (*acc)[kLanes], int64_t j) {
+  return (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+}
+
 // Forward of one block: h_t = exp(dt A) h + dt u B_t, y_t = (C_t.h_t + D u) silu(z).
 template <typename T>
 void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT, T* ckpt) {
@@ -246,20 +278,20 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
       }
       const T* Bt = a.Bm.step(k.b, k.g, t);
       const T* Ct = a.Cm.step(k.b, k.g, t);
-      alignas(64) T acc[kLanes] = {};
+      alignas(64) T acc[kChains][kLanes] = {};
       alignas(64) T dtu[kLanes];
       for (int64_t j = 0; j < kLanes; ++j) dtu[j] = dt[s][j] * u[s][j];
-      for (int64_t n = 0; n < N; ++n) {
+      over_states(N, [&](int64_t n, int64_t c) {
         const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
 #pragma omp simd
         for (int64_t j = 0; j < kLanes; ++j) {
           h[n][j] = fast_exp(dt[s][j] * p.A[n][j]) * h[n][j] + dtu[j] * bn;
-          acc[j] += h[n][j] * cn;
+          acc[c][j] += h[n][j] * cn;
         }
-      }
+      });
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) {
-        const T pre = acc[j] + p.D[j] * u[s][j];
+        const T pre = combine_chains(acc, j) + p.D[j] * u[s][j];
         out[s][j] = a.has_z ? pre * gate[s][j] : pre;
       }
     }
@@ -322,14 +354,14 @@ struct Grads {
   int64_t segment;       // steps per segment
 };
 
-// Scratch of one worker: one chunk's states, decays, gradients wrt states, staged tiles.
+// Scratch of one worker: one chunk's states and decays, and staged tiles.
 template <typename T>
 struct ChunkBuffers {
-  std::vector<T> h, decay, grad_h;
+  std::vector<T> h, decay;
   std::vector<T> tiles;
   int64_t K;
   ChunkBuffers(int64_t chunk, int64_t N)
-      : h((chunk + 1) * N * kLanes), decay(chunk * N * kLanes), grad_h(chunk * N * kLanes),
+      : h((chunk + 1) * N * kLanes), decay(chunk * N * kLanes),
         tiles(9 * chunk * kLanes), K(chunk) {}
   T (*row(std::vector<T>& v, int64_t s, int64_t N))[kLanes] {
     return reinterpret_cast<T(*)[kLanes]>(v.data() + s * N * kLanes);
@@ -383,20 +415,20 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
       T (*prev)[kLanes] = buf.row(buf.h, s, N);
       T (*next)[kLanes] = buf.row(buf.h, s + 1, N);
       T (*dec)[kLanes] = buf.row(buf.decay, s, N);
-      alignas(64) T acc[kLanes] = {};
+      alignas(64) T acc[kChains][kLanes] = {};
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) dtu[s][j] = dt[s][j] * u[s][j];
-      for (int64_t n = 0; n < N; ++n) {
+      over_states(N, [&](int64_t n, int64_t c) {
         const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
 #pragma omp simd
         for (int64_t j = 0; j < kLanes; ++j) {
           dec[n][j] = fast_exp(dt[s][j] * p.A[n][j]);
           next[n][j] = dec[n][j] * prev[n][j] + dtu[s][j] * bn;
-          acc[j] += next[n][j] * cn;
+          acc[c][j] += next[n][j] * cn;
         }
-      }
+      });
 #pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) pre[s][j] = acc[j] + p.D[j] * u[s][j];
+      for (int64_t j = 0; j < kLanes; ++j) pre[s][j] = combine_chains(acc, j) + p.D[j] * u[s][j];
     }
     // Output side: y = pre * silu(z); gy = dL/d(pre).
     stage(g.dy, k.b, k.e0, k.width, t0, steps, gy, T(0));
@@ -418,37 +450,36 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
       const T* Ct = a.Cm.step(k.b, k.g, t0 + s);
       const T (*prev)[kLanes] = buf.row(buf.h, s, N);
       const T (*dec)[kLanes] = buf.row(buf.decay, s, N);
-      T (*gh_row)[kLanes] = buf.row(buf.grad_h, s, N);
-      alignas(64) T sum_b[kLanes] = {}, sum_a[kLanes] = {};
-      for (int64_t n = 0; n < N; ++n) {
+      alignas(64) T gh_step[kMaxState][kLanes];
+      alignas(64) T sums_b[kChains][kLanes] = {}, sums_a[kChains][kLanes] = {};
+      over_states(N, [&](int64_t n, int64_t c) {
         const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
 #pragma omp simd
         for (int64_t j = 0; j < kLanes; ++j) {
           const T gh = grad_h[n][j] + gy[s][j] * cn;   // dL/dh_t
-          gh_row[n][j] = gh;
-          sum_b[j] += gh * bn;
+          gh_step[n][j] = gh;
+          sums_b[c][j] += gh * bn;
           const T x = gh * dec[n][j] * prev[n][j];    // dL/d(dt A_n) through exp
-          sum_a[j] += x * p.A[n][j];
+          sums_a[c][j] += x * p.A[n][j];
           dA[n][j] += x * dt[s][j];
           grad_h[n][j] = gh * dec[n][j];              // becomes dL/dh_{t-1}
         }
-      }
+      });
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) {
-        du[s][j] = gy[s][j] * p.D[j] + sum_b[j] * dt[s][j];
-        ddt[s][j] = (sum_a[j] + sum_b[j] * u[s][j]) * slope[s][j];
+        const T sum_b = combine_chains(sums_b, j), sum_a = combine_chains(sums_a, j);
+        du[s][j] = gy[s][j] * p.D[j] + sum_b * dt[s][j];
+        ddt[s][j] = (sum_a + sum_b * u[s][j]) * slope[s][j];
         dD[j] += gy[s][j] * u[s][j];
         dbias[j] += ddt[s][j];
       }
+      // This block's share of dB_t = sum_e dL/dh_t dt u and dC_t = sum_e gy h_t.
+      const int64_t row = (part_row * g.segment + (t0 + s - seg0)) * N;
+      lane_dot(gh_step, dtu[s], N, g.dB_part + row);
+      lane_dot(buf.row(buf.h, s + 1, N), gy[s], N, g.dC_part + row);
     }
     unstage(g.du, k.b, k.e0, k.width, t0, steps, du);
     unstage(g.ddelta, k.b, k.e0, k.width, t0, steps, ddt);
-    // This block's share of dB_t = sum_e dL/dh_t dt u, dC_t = sum_e gy h_t.
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t row = (part_row * g.segment + (t0 + s - seg0)) * N;
-      lane_dot(buf.row(buf.grad_h, s, N), dtu[s], N, g.dB_part + row);
-      lane_dot(buf.row(buf.h, s + 1, N), gy[s], N, g.dC_part + row);
-    }
   }
   for (int64_t j = 0; j < k.width; ++j) {
     carry.dD[be0 + j] = dD[j];
