@@ -51,9 +51,8 @@ def _grouped(bc):
 
 
 def _from_time_major(grad, like):
-    """A (B, G, L, N) gradient from the kernel -> like's shape, as a view where the dtype
-    matches (the kernel reads B and C through their strides, and x_proj's output is
-    time-major, so that this is the layout its gradient wants)."""
+    """A (B, G, L, N) gradient from the kernel -> like's shape (a view when the dtype
+    matches: no copy here; whoever consumes it copies only if it must)."""
     return grad.transpose(-1, -2).reshape(like.shape).to(like.dtype)
 
 
@@ -115,7 +114,9 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     ``core.selective_scan`` (see ``core.scan_reference.selective_scan_ref`` for shapes).
 
     The forward never holds more than the inputs, the output and O(B*E*N) state; with
-    gradients it also keeps one (B, E, N) state every CHECKPOINT_CHUNK steps.
+    gradients it also keeps one (B, E, N) state every CHECKPOINT_CHUNK steps. Views are
+    read through their strides (no layout copies); y is laid out like z (like u without a
+    gate). Outputs and gradients are bitwise the same for any number of threads.
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if u.device.type != "cpu":
