@@ -23,8 +23,9 @@ kernels import ``torch._dynamo`` (and with it triton) on their first eager call:
 path must not pay for that.
 
 Strides: under ``torch.compile`` inductor may hand an op a tensor whose layout differs from
-the eager one (padded strides, say), so the C++ ops make their inputs contiguous (free when
-they already are) and every op, real or fake, returns contiguous outputs.
+the eager one (padded strides, say). The C++ kernel reads its sequences through their
+strides and makes the small tensors it reads by pointer contiguous; its fakes give the
+layouts the kernel gives (``_layout_of``), the Triton fakes contiguous outputs as theirs.
 """
 from __future__ import annotations
 
@@ -61,13 +62,25 @@ def _dense_like(t):
 
 
 # -- C++ CPU kernel -------------------------------------------------------------------------
+def _layout_of(like):
+    """An empty (B, E, L) tensor laid out as the C++ kernel lays out its outputs
+    (``empty_in_layout_of``): time-major when ``like``'s time stride is the larger, else
+    channel-major. The fakes must give the strides the kernel gives."""
+    if like.stride(2) > like.stride(1) and like.shape[1] > 1:
+        return like.new_empty(like.shape[0], like.shape[2], like.shape[1]).transpose(1, 2)
+    return like.new_empty(like.shape)
+
+
 def _cpu_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk,
                   save_checkpoints):
     from .cpu_scan import load_cpu_extension
 
-    dense = [t.contiguous() for t in (u, delta, A, B, C, D, z, delta_bias, h0)]
-    y, final_state, ckpt = load_cpu_extension().scan_fwd(*dense, delta_softplus, has_z, chunk,
-                                                          save_checkpoints)
+    # The kernel reads u, delta, z, B and C through their strides; the rest by pointer.
+    small = [t.contiguous() for t in (A, D, delta_bias, h0)]
+    A, D, delta_bias, h0 = small
+    y, final_state, ckpt = load_cpu_extension().scan_fwd(
+        u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk,
+        save_checkpoints)
     return y, final_state, ckpt
 
 
@@ -76,41 +89,46 @@ def _cpu_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, 
     batch, d_inner, length = u.shape
     ckpt_shape = ((batch, d_inner, _n_chunks(length, chunk), A.shape[1]) if save_checkpoints
                   else (0,))
-    return _dense_like(u), _dense_like(h0), u.new_empty(ckpt_shape)
+    return _layout_of(z if has_z else u), _dense_like(h0), u.new_empty(ckpt_shape)
 
 
 cpu_scan_fwd = _register(
     "cpu_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, "
     "Tensor delta_bias, Tensor h0, bool delta_softplus, bool has_z, int chunk, "
     "bool save_checkpoints) -> (Tensor, Tensor, Tensor)", _cpu_scan_fwd, _cpu_scan_fwd_fake)
-# cpu_scan_fwd: The C++ forward (inputs in the compute dtype, B/C (B, G, L, N)) -> y (B,
-# E, L), final state (B, E, N), states entering each chunk (B, E, K, N) (empty unless
-# ``save_checkpoints``).
+# cpu_scan_fwd: the C++ forward (inputs in the compute dtype, B/C (B, G, N, L)) -> y (B, E,
+# L) laid out like z (like u without a gate), final state (B, E, N), states entering each
+# chunk (B, E, K, N) (empty unless ``save_checkpoints``).
 
 
 def _cpu_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0, ckpt, delta_softplus,
-                  has_z, chunk):
+                  has_z, chunk, partial_budget):
     from .cpu_scan import load_cpu_extension
 
-    dense = [t.contiguous() for t in (dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0,
-                                      ckpt)]
-    return list(load_cpu_extension().scan_bwd(*dense, delta_softplus, has_z, chunk))
+    d_final, A, D, delta_bias, h0, ckpt = [t.contiguous()
+                                           for t in (d_final, A, D, delta_bias, h0, ckpt)]
+    return list(load_cpu_extension().scan_bwd(dy, d_final, u, delta, A, B, C, D, z,
+                                              delta_bias, h0, ckpt, delta_softplus, has_z,
+                                              chunk, partial_budget))
 
 
 def _cpu_scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0, ckpt,
-                       delta_softplus, has_z, chunk):
-    return [_dense_like(u), _dense_like(u), _dense_like(u) if has_z else _empty(u),
-            _dense_like(A), _dense_like(B), _dense_like(C), _dense_like(D),
-            _dense_like(delta_bias), _dense_like(h0)]
+                       delta_softplus, has_z, chunk, partial_budget):
+    batch, groups, d_state, length = B.shape
+    bc_grad = u.new_empty(batch, groups, length, d_state)
+    return [_layout_of(u), _layout_of(delta), _layout_of(z) if has_z else _empty(u),
+            _dense_like(A), bc_grad, bc_grad.new_empty(bc_grad.shape), _dense_like(D),
+            _dense_like(delta_bias), _dense_like(d_final)]
 
 
 cpu_scan_bwd = _register(
     "cpu_scan_bwd(Tensor dy, Tensor d_final, Tensor u, Tensor delta, Tensor A, Tensor B, "
     "Tensor C, Tensor D, Tensor z, Tensor delta_bias, Tensor h0, Tensor ckpt, "
-    "bool delta_softplus, bool has_z, int chunk) -> Tensor[]", _cpu_scan_bwd,
-    _cpu_scan_bwd_fake)
-# cpu_scan_bwd: The C++ backward -> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dh0],
-# shaped as their inputs (dz empty without a gate).
+    "bool delta_softplus, bool has_z, int chunk, int partial_budget) -> Tensor[]",
+    _cpu_scan_bwd, _cpu_scan_bwd_fake)
+# cpu_scan_bwd: the C++ backward -> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dh0]; du,
+# ddelta, dz laid out like u, delta, z (dz empty without a gate), dB and dC time-major
+# (B, G, L, N).
 
 
 # -- Triton kernels -------------------------------------------------------------------------
