@@ -151,8 +151,8 @@ def plan(target, dtype, layout):
 def parse_ptxas_log(log):
     """(registers, spill-store bytes, stack-frame bytes) from a ``ptxas -v`` log."""
     regs = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
-                       log)
+    spills = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                       r"(\d+) bytes spill loads", log)
     if regs is None or spills is None:
         raise RuntimeError(f"no register/spill figures in the ptxas log: {log.strip()[:200]!r}")
     return int(regs.group(1)), int(spills.group(2)), int(spills.group(1))
@@ -188,8 +188,8 @@ def compile_launch(launch, capability):
 def meta_of(target, launch, layout):
     """The meta-parameters of a row: the config, warps and the example's shapes."""
     names = ("BLOCK_E", "BLOCK_N", "CHUNK")
-    return dict({k: launch.kwargs[k] for k in names if k in launch.kwargs},
-                num_warps=launch.kwargs["num_warps"], d_inner=target.d_inner,
+    return dict({k: launch.kwargs[k] for k in (*names, "num_warps", "maxnreg")
+                 if k in launch.kwargs}, d_inner=target.d_inner,
                 d_state=target.d_state, layout=layout)
 
 
@@ -240,7 +240,10 @@ def parse_args(argv=None):
     p.add_argument("--layout", nargs="+", choices=LAYOUTS, default=["mamba_block"],
                    help="input strides: as core.Mamba passes them, or all contiguous")
     p.add_argument("--json", type=Path, help="write the rows to this file (a JSON list)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        p.error(f"--json {args.json}: folder {args.json.parent} does not exist")
+    return args
 
 
 def main(argv=None):
@@ -248,8 +251,6 @@ def main(argv=None):
     if not isinstance(triton_scan._scan_fwd_kernel, JITFunction):
         raise SystemExit("triton_aot: TRITON_INTERPRET is set, so the kernels were defined for "
                          "the interpreter; unset it to compile them for a GPU")
-    if args.json is not None and not args.json.parent.is_dir():
-        raise SystemExit(f"triton_aot: --json {args.json}: folder {args.json.parent} does not exist")
     rows = []
     print(HEADER, flush=True)
     for target in targets(args.configs):

@@ -102,3 +102,13 @@ def test_refuses_under_the_interpreter(monkeypatch):
     monkeypatch.setattr(triton_scan, "_scan_fwd_kernel", object())
     with pytest.raises(SystemExit, match="triton_aot: TRITON_INTERPRET is set"):
         triton_aot.main(["--configs", "default"])
+
+
+def test_json_in_a_missing_folder_is_named(capsys):
+    from mambaseq.bench import triton_aot
+
+    with pytest.raises(SystemExit) as exit_info:
+        triton_aot.parse_args(["--json", "no/such/folder/aot.json"])
+    assert exit_info.value.code == 2
+    assert "--json no/such/folder/aot.json: folder no/such/folder does not exist" in \
+        capsys.readouterr().err
