@@ -45,9 +45,11 @@ TILE_ELEMENTS_FWD = 4096
 TILE_ELEMENTS_BWD = 2048
 NUM_WARPS_FWD = 4
 NUM_WARPS_BWD = 8
-# The backward's register limit, pinned: left to itself ptxas aimed at 128 registers and
-# spilled (bf16, d_state 128, sm_90); with the hardware's 255 it took 199 and did not.
-MAX_REGISTERS_BWD = 255
+# Registers per thread, pinned at the hardware's limit for every Triton kernel of the
+# toolkit: left to its own heuristic ptxas aimed lower and spilled (the backward: 128
+# registers and 4 bytes, bf16, d_state 128, sm_90; the step kernel: 64 registers and 32
+# bytes, fp16, d_state 128, sm_80); pinned, it took 199 and 90 and did not spill.
+MAX_REGISTERS = 255
 
 
 @triton.jit
@@ -453,7 +455,7 @@ def scan_fwd_launch(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_so
         HAS_H0=initial_state is not None, DELTA_SOFTPLUS=delta_softplus,
         SAVE_CKPT=save_checkpoints,
         BLOCK_E=config.block_e_fwd, BLOCK_N=config.block_n, CHUNK=config.chunk,
-        num_warps=config.num_warps_fwd)
+        num_warps=config.num_warps_fwd, maxnreg=MAX_REGISTERS)
     launch = Launch(_scan_fwd_kernel, (batch, d_inner // config.block_e_fwd), args, kwargs)
     return (y, final_state, ckpt), launch
 
@@ -498,7 +500,7 @@ def scan_bwd_launch(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delt
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=delta_softplus,
         BLOCK_E=config.block_e_bwd, BLOCK_N=config.block_n, CHUNK=config.chunk,
-        num_warps=config.num_warps_bwd, maxnreg=MAX_REGISTERS_BWD)
+        num_warps=config.num_warps_bwd, maxnreg=MAX_REGISTERS)
     launch = Launch(_scan_bwd_kernel, (batch, d_inner // config.block_e_bwd), args, kwargs)
     return (du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0), launch
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from .triton_scan import MAX_D_STATE, MIN_BLOCK_N, Launch, check_triton_device, state_block_n
+from .triton_scan import (MAX_D_STATE, MAX_REGISTERS, MIN_BLOCK_N, Launch,
+                          check_triton_device, state_block_n)
 
 MAX_BLOCK_E = 16
 NUM_WARPS = 4
@@ -161,7 +162,7 @@ def state_update_launch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, confi
     kwargs = dict(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
         DT_SOFTPLUS=dt_softplus, BLOCK_E=config.block_e, BLOCK_N=config.block_n,
-        num_warps=config.num_warps)
+        num_warps=config.num_warps, maxnreg=MAX_REGISTERS)
     grid = (batch, triton.cdiv(d_inner, config.block_e))
     return y, Launch(_state_update_kernel, grid, args, kwargs)
 
