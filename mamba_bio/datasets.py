@@ -300,6 +300,12 @@ class SpeciesWindows:
         return [[(str(getattr(s.source, "path", "")), r) for s in pooled.samplers
                  for r in s.regions] for pooled in self.samplers[split]]
 
+    def longest_regions(self, split: str) -> list[int]:
+        """Per class, the length of its longest region in ``split`` (the longest window it
+        can give)."""
+        return [max((s.longest() for s in pooled.samplers), default=0)
+                for pooled in self.samplers[split]]
+
     def split_table(self) -> list[SplitRegion]:
         """Every region of every split, for ``mamba_bio.bed.write_split_bed``."""
         return [SplitRegion(split, self.classes[label], path, window) for split in SPLITS

@@ -34,7 +34,8 @@ from mambaseq.mamba_bio.metrics import (accuracy_by_length, classification_repor
                                         kmer_baseline, paired_comparison,
                                         plot_accuracy_vs_length, plot_confusion)
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
-from mambaseq.pipelines.checkpoint import BEST
+from mambaseq.pipelines.checkpoint import BEST, load_model, model_assets
+from mambaseq.pipelines.distributed import is_main_process
 from mambaseq.pipelines.options import TrainConfig, add_training_args
 from mambaseq.pipelines.trainer import seed_everything, train
 
@@ -125,8 +126,7 @@ def build_model(args, cfg, n_classes, tokenizer, init_from=None):
         d_state=args.d_state, ngram=args.ngram,
         ngram_letters=tokenizer.base_letters if args.ngram else None)
     if init_from:
-        import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
-        pre = core.load_pretrained(init_from)
+        pre = load_model(init_from)
         try:
             # with --ngram the pretrained base embedding is the token part of the new one
             target = model.embedding.token if args.ngram else model.embedding
@@ -182,6 +182,18 @@ def pretrain(args, cfg, split_bed: Path) -> Path:
     return out / "model"
 
 
+def check_eval_lengths(data, lengths) -> None:
+    """Refuse, before any training, a --eval-lengths value longer than some species' longest
+    test region (a draft genome of many contigs has short ones)."""
+    longest = data.longest_regions("test")
+    for length in lengths:
+        for name, n in zip(data.classes, longest):
+            if n < length:
+                raise ValueError(f"--eval-lengths {length}: species {name!r} has no test region "
+                                 f"of {length} bases (its longest: {n}); the longest length "
+                                 f"every species allows is {min(longest)}")
+
+
 def score_lengths(model, data, tokenizer, args, seed) -> dict:
     """Per window length: labels, model predictions and k-mer baseline predictions on
     non-overlapping windows tiling the test regions (the same regions at every length; at
@@ -212,6 +224,7 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
                           substitution_rate=args.substitution_rate)
     val_x, val_y = data.fixed_windows("val", cfg.seq_len, args.eval_per_class)
     test_x, test_y = data.fixed_windows("test", cfg.seq_len, args.eval_per_class)
+    check_eval_lengths(data, args.eval_lengths or [])
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     split_bed = write_split_bed(Path(cfg.out) / "split.bed", data.split_table())
     init_from = pretrain(args, cfg, split_bed) if args.pretrain_steps else args.init_from
@@ -223,13 +236,12 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
 
     seed_everything(cfg.seed)
     model = build_model(args, cfg, len(data.classes), tokenizer, init_from)
-    summary = train(model, classify_loss, data.get_batch, cfg, eval_fn=eval_fn)
-    tokenizer.save(summary["model_dir"])
-    Path(summary["model_dir"], "classes.json").write_text(json.dumps(data.classes) + "\n")
+    summary = train(model, classify_loss, data.get_batch, cfg, eval_fn=eval_fn,
+                    assets=model_assets(tokenizer, data.classes))
 
     # Score the checkpoint with the lowest validation loss when validation ran, else the final model.
     best = Path(summary["out"]) / "checkpoints" / BEST
-    scored = core.load_pretrained(best) if best.is_dir() else model.cpu()
+    scored = load_model(best) if best.is_dir() else model.cpu()
     train_x, train_y = data.fixed_windows("train", cfg.seq_len, args.baseline_per_class)
     return {"classes": data.classes, "labels": test_y,
             "pred": predict(scored, test_x, tokenizer, args.eval_tokens).argmax(1).numpy(),
@@ -320,6 +332,8 @@ def run(args):
     species = {name: [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in files]
                for name, files in parse_species(args.species).items()}
     parts = train_parts(args, cfg, species, tokenizer)
+    if not is_main_process():
+        return
     report = pooled_report(parts, args)
     out = Path(cfg.out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

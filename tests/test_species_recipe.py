@@ -117,6 +117,12 @@ def test_classify_species_option_errors(sim, tmp_path, capsys):
     assert main(["classify-species", "--species", *species, "--out", str(tmp_path / "b"),
                  "--pretrain-steps", "2", "--init-from", str(tmp_path)]) == 1
     assert "--pretrain-steps and --init-from" in capsys.readouterr().err
+    # a length no test region holds is refused before any training
+    assert main(["classify-species", "--species", *species, "--out", str(tmp_path / "c"),
+                 "--eval-lengths", "200", "5000", "--seq-len", "64", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "--eval-lengths 5000: species 'a' has no test region of 5000 bases (its longest: 300)" in err
+    assert not (tmp_path / "c" / "checkpoints").exists()
 
 
 def test_tiled_windows_cover_the_test_regions_without_overlap(sim):
