@@ -12,7 +12,8 @@ Dimension names: B batch, E d_inner, N d_state, G groups, L length, T chunk, K c
 
     cpu_scan_fwd / cpu_scan_bwd         the C++ kernel (arguments already contiguous, in the
                                         compute dtype, B/C time-major (B, G, L, N))
-    triton_scan_fwd / triton_scan_bwd   the Triton kernels (B/C grouped (B, G, N, L))
+    triton_scan_fwd / triton_scan_bwd   the Triton kernels (B/C grouped (B, G, N, L); the
+                                        ScanConfig passed as its six ints)
     triton_state_update                 one recurrent step, in place on ``state``
 
 Absent optional outputs (dz without a gate, dD without D, ...) come back as empty tensors:
@@ -133,15 +134,15 @@ cpu_scan_bwd = _register(
 
 # -- Triton kernels -------------------------------------------------------------------------
 def _triton_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                     save_checkpoints, chunk):
-    from .triton_scan import _scan_fwd
+                     save_checkpoints, *config):
+    from .triton_scan import ScanConfig, _scan_fwd
 
     return _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                     save_checkpoints, chunk)
+                     save_checkpoints, ScanConfig(*config))
 
 
 def _triton_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                          save_checkpoints, chunk):
+                          save_checkpoints, block_n, chunk, *rest_of_config):
     batch, d_inner, length = u.shape
     n = _n_chunks(length, chunk) if save_checkpoints else 0
     return (_dense_like(u), u.new_empty(batch, d_inner, A.shape[1], dtype=torch.float32),
@@ -151,7 +152,8 @@ def _triton_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, de
 triton_scan_fwd = _register(
     "triton_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
     "Tensor? z, Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, "
-    "bool save_checkpoints, int chunk) -> (Tensor, Tensor, Tensor)", _triton_scan_fwd,
+    "bool save_checkpoints, int block_n, int chunk, int block_e_fwd, int block_e_bwd, "
+    "int num_warps_fwd, int num_warps_bwd) -> (Tensor, Tensor, Tensor)", _triton_scan_fwd,
     _triton_scan_fwd_fake, ALL_BACKENDS)
 # triton_scan_fwd: The Triton forward (B/C (B, G, N, L)) -> y (B, E, L) in u's dtype,
 # final state (B, E, N) fp32, chunk states (B, E, K, N) fp32 (K = 0 unless
@@ -159,16 +161,16 @@ triton_scan_fwd = _register(
 
 
 def _triton_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus,
-                     chunk):
-    from .triton_scan import _scan_bwd
+                     *config):
+    from .triton_scan import ScanConfig, _scan_bwd
 
     grads = _scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus,
-                      chunk)
+                      ScanConfig(*config))
     return [g if g is not None else _empty(u) for g in grads]
 
 
 def _triton_scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt,
-                          delta_softplus, chunk):
+                          delta_softplus, *config):
     def f32(shape, present=True):
         return u.new_empty(shape if present else (0,), dtype=torch.float32)
 
@@ -181,7 +183,8 @@ def _triton_scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt
 triton_scan_bwd = _register(
     "triton_scan_bwd(Tensor dy, Tensor d_final, Tensor u, Tensor delta, Tensor A, Tensor B, "
     "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor ckpt, bool delta_softplus, "
-    "int chunk) -> Tensor[]", _triton_scan_bwd, _triton_scan_bwd_fake, ALL_BACKENDS)
+    "int block_n, int chunk, int block_e_fwd, int block_e_bwd, int num_warps_fwd, "
+    "int num_warps_bwd) -> Tensor[]", _triton_scan_bwd, _triton_scan_bwd_fake, ALL_BACKENDS)
 # triton_scan_bwd: The Triton backward -> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias,
 # dh0], fp32; those of absent inputs (z, D, delta_bias) empty.
 

@@ -88,11 +88,13 @@ g = torch.Generator().manual_seed(0)
 r = lambda *s: torch.randn(*s, generator=g)
 u, delta, z = r(1, 4, 6), r(1, 4, 6).abs() * 0.5, r(1, 4, 6)
 A, B, C, D, bias, h0 = -r(4, 2).abs(), r(1, 1, 2, 6), r(1, 1, 2, 6), r(4), r(4), r(1, 4, 2)
-fwd = (u, delta, A, B, C, D, z, bias, h0, True, True, 4)
+import dataclasses
+config = dataclasses.astuple(triton_scan.scan_config(2, 4))
+fwd = (u, delta, A, B, C, D, z, bias, h0, True, True, *config)
 torch.library.opcheck(ops.triton_scan_fwd, fwd)
 y, fin, ckpt = ops.triton_scan_fwd(*fwd)
 torch.library.opcheck(ops.triton_scan_bwd, (torch.randn_like(y), torch.randn_like(fin), u, delta,
-                                            A, B, C, D, z, bias, ckpt, True, 4))
+                                            A, B, C, D, z, bias, ckpt, True, *config))
 torch.library.opcheck(ops.triton_state_update, (h0.clone(), u[..., 0], delta[..., 0], A,
                                                 B[..., 0], C[..., 0], D, z[..., 0], bias, True))
 scan = torch.compile(triton_scan.selective_scan, backend="aot_eager", fullgraph=True)
