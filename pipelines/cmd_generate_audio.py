@@ -7,7 +7,9 @@ Writes ``<out>/sample_000.wav``... at the model's rate, ``<out>/spectrograms.png
 first clips, beside ``--compare`` real clips when given), and prints one JSON object with the
 speed (``samples_per_second``, all clips together) and ``slowdown_last_vs_first``, the
 time per step of the last 1000 steps over the first 1000 (about 1: the cost of a step does
-not grow with the length generated).
+not grow with the length generated). ``--score CLASSIFIER_DIR`` (a model written by
+train-word-classifier) adds ``scores``: the generated clips' Inception Score, modified IS,
+AM score and FID (``mamba_audio.gen_scores``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from mambaseq.mamba_audio.classifier import WordClassifier
+from mambaseq.mamba_audio.gen_scores import score_clips
 from mambaseq.mamba_audio.io import load_audio
 from mambaseq.mamba_audio.metrics import clip_stats
 from mambaseq.mamba_audio.model import AudioLM
@@ -43,6 +47,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed, same clips")
     parser.add_argument("--compare", metavar="FILE", nargs="*", default=(),
                         help="real clips drawn beside the generated ones in spectrograms.png")
+    parser.add_argument("--score", metavar="CLASSIFIER_DIR", default=None,
+                        help="a word classifier written by train-word-classifier: print the "
+                             "generated clips' Inception Score, modified IS, AM score and FID")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch; a step's ops are tiny, so 1 is usually "
@@ -54,6 +61,7 @@ def run(args):
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = AudioLM.from_pretrained(args.model, device=device).eval()
+    judge = WordClassifier.from_pretrained(args.score) if args.score else None  # fail early
     rate = model.sample_rate
     prime = None
     if args.prime:
@@ -77,7 +85,8 @@ def run(args):
                                         3),
         "generated": median_stats(list(generated)),
         **({"real": median_stats([load_audio(p, sample_rate=rate, normalize="peak")[0]
-                                  for p in args.compare])} if args.compare else {})}))
+                                  for p in args.compare])} if args.compare else {}),
+        **({"scores": score_clips(judge, generated.float().cpu(), rate)} if judge else {})}))
 
 
 def median_stats(clips: list[torch.Tensor]) -> dict:
