@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .bed import SplitRegion
 from .fasta import Window, n_fraction
 from .tokenizers import CharTokenizer
 
@@ -298,6 +299,11 @@ class SpeciesWindows:
         """Per class: (source path, region) of ``split`` (for checks and reports)."""
         return [[(str(getattr(s.source, "path", "")), r) for s in pooled.samplers
                  for r in s.regions] for pooled in self.samplers[split]]
+
+    def split_table(self) -> list[SplitRegion]:
+        """Every region of every split, for ``mamba_bio.bed.write_split_bed``."""
+        return [SplitRegion(split, self.classes[label], path, window) for split in SPLITS
+                for label, regions in enumerate(self.regions(split)) for path, window in regions]
 
     def _encode(self, sampler, win, seq):
         return self.tokenizer.encode(seq, source=f"{sampler.where}:{win.name}:{win.start}")

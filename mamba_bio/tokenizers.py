@@ -85,6 +85,13 @@ class CharTokenizer:
         comp = {"A": "T", "C": "G", "G": "C", "T": "A"}
         return torch.tensor([self.vocab.index(comp.get(t, t)) for t in self.vocab])
 
+    @property
+    def base_letters(self) -> list[int]:
+        """Per token id: 0-3 for A, C, G, T, -1 for N and specials (the ``letters`` of
+        ``core.NgramEmbedding``, which turns them into overlapping k-mers)."""
+        return [self.base_ids.index(i) if i in self.base_ids else -1
+                for i in range(self.vocab_size)]
+
     def to_config(self) -> dict:
         """JSON-able settings; ``from_config`` rebuilds the same tokenizer."""
         return {"type": "char", "strict": self.strict, "uppercase": self.uppercase}
