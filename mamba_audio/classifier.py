@@ -137,7 +137,9 @@ class WordClassifier(PretrainedMixin, nn.Module):
         device = self.out.weight.device
         for start in range(0, len(wavs), batch_size):
             f = self.features(wavs[start:start + batch_size].to(device))
-            probs.append(torch.softmax(self.out(f), dim=-1).double().cpu())
+            # softmax in float64: float32 rounds a confident row's small entries to exactly 0,
+            # which would cap the KL terms of the modified Inception Score
+            probs.append(torch.softmax(self.out(f).double(), dim=-1).cpu())
             feats.append(f.double().cpu())
         self.train(was_training)
         return torch.cat(probs), torch.cat(feats)
