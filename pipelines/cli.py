@@ -36,6 +36,7 @@ COMMANDS = {
     "pretrain-genome": "mambaseq.pipelines.cmd_pretrain_genome",
     "eval-genome": "mambaseq.pipelines.cmd_eval_genome",
     "classify-species": "mambaseq.pipelines.cmd_classify_species",
+    "predict-species": "mambaseq.pipelines.cmd_predict_species",
     "embed": "mambaseq.pipelines.cmd_embed",
     "train-audio": "mambaseq.pipelines.cmd_train_audio",
     "generate-audio": "mambaseq.pipelines.cmd_generate_audio",

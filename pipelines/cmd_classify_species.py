@@ -182,12 +182,25 @@ def pretrain(args, cfg, split_bed: Path) -> Path:
     return out / "model"
 
 
+def check_eval_lengths(data, lengths) -> None:
+    """Refuse, before any training, a --eval-lengths value longer than some species' longest
+    test region (a draft genome of many contigs has short ones)."""
+    longest = data.longest_regions("test")
+    for length in lengths:
+        for name, n in zip(data.classes, longest):
+            if n < length:
+                raise ValueError(f"--eval-lengths {length}: species {name!r} has no test region "
+                                 f"of {length} bases (its longest: {n}); the longest length "
+                                 f"every species allows is {min(longest)}")
+
+
 def score_lengths(model, data, tokenizer, args, seed) -> dict:
-    """Per window length: labels, model predictions and k-mer baseline predictions on fixed
-    test windows of that length (the same test regions at every length)."""
+    """Per window length: labels, model predictions and k-mer baseline predictions on
+    non-overlapping windows tiling the test regions (the same regions at every length; at
+    most --eval-per-class windows per species and length)."""
     out = {}
     for length in args.eval_lengths:
-        test_x, test_y = data.fixed_windows("test", length, args.eval_per_class)
+        test_x, test_y = data.tiled_windows("test", length, args.eval_per_class)
         train_x, train_y = data.fixed_windows("train", length, args.baseline_per_class)
         out[length] = {"labels": test_y,
                        "pred": predict(model, test_x, tokenizer, args.eval_tokens).argmax(1).numpy(),
@@ -211,6 +224,7 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
                           substitution_rate=args.substitution_rate)
     val_x, val_y = data.fixed_windows("val", cfg.seq_len, args.eval_per_class)
     test_x, test_y = data.fixed_windows("test", cfg.seq_len, args.eval_per_class)
+    check_eval_lengths(data, args.eval_lengths or [])
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     split_bed = write_split_bed(Path(cfg.out) / "split.bed", data.split_table())
     init_from = pretrain(args, cfg, split_bed) if args.pretrain_steps else args.init_from

@@ -205,3 +205,13 @@ def test_mito_species_end_to_end(shared_data, tmp_path, capsys):
     rep = json.loads((tmp_path / "m" / "report.json").read_text())
     assert len(rep["classes"]) == 9 and np.sum(rep["confusion_matrix"]) == 45
     assert 0.0 <= rep["baseline_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_demo_species_classifier_beats_its_kmer_baseline(tmp_path):
+    """The demo's pretrain-genome and classify-species jobs (about 5 CPU minutes): the
+    classifier is above the k-mer baseline on the demo's simulated genomes, in demo.json."""
+    assert main(["demo", "--out", str(tmp_path / "demo"),
+                 "--jobs", "pretrain-genome,classify-species"]) == 0
+    figures = json.loads((tmp_path / "demo" / "demo.json").read_text())["classify-species"]["figures"]
+    assert figures["accuracy"] > figures["baseline_accuracy"] > figures["chance"]

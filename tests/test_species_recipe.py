@@ -117,3 +117,24 @@ def test_classify_species_option_errors(sim, tmp_path, capsys):
     assert main(["classify-species", "--species", *species, "--out", str(tmp_path / "b"),
                  "--pretrain-steps", "2", "--init-from", str(tmp_path)]) == 1
     assert "--pretrain-steps and --init-from" in capsys.readouterr().err
+    # a length no test region holds is refused before any training
+    assert main(["classify-species", "--species", *species, "--out", str(tmp_path / "c"),
+                 "--eval-lengths", "200", "5000", "--seq-len", "64", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "--eval-lengths 5000: species 'a' has no test region of 5000 bases (its longest: 300)" in err
+    assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_tiled_windows_cover_the_test_regions_without_overlap(sim):
+    species = {k: [open_sequences(v)] for k, v in sim.items()}
+    data = SpeciesWindows(species, fractions=(0.6, 0.2, 0.2), by="position")
+    seqs, labels = data.tiled_windows("test", 100, per_class=1000)
+    per_class = np.bincount(labels)
+    # 2 chromosomes x 600 test bases per species -> 12 tiles of 100 bases each
+    assert per_class.tolist() == [12, 12, 12] and all(len(s) == 100 for s in seqs)
+    first = [s for s, y in zip(seqs, labels) if y == 0]
+    assert len(set(first)) == len(first)
+    few, few_labels = data.tiled_windows("test", 100, per_class=3)
+    assert np.bincount(few_labels).tolist() == [3, 3, 3]
+    with pytest.raises(ValueError, match="has no test window of 5000 bases"):
+        data.tiled_windows("test", 5000, per_class=3)
