@@ -13,8 +13,9 @@ same bit depth), then cut or zero-padded to ``--clip-seconds``.
 After training, the class marginal and feature statistics of the training clips are stored
 in the model (the references of the AM score and FID, see ``mamba_audio.gen_scores``); then
 the command prints one JSON object: accuracy on the validation and test speakers (chance
-= 1 / words) and the scores of the real test-speaker clips (``real_test``, see ``--group-size``), the
-yardstick for ``generate-audio --score``; ``score-audio`` scores any folder of clips later. The same object goes to ``<out>/scores.json``.
+= 1 / words) and the scores of the real test-speaker clips (``real_test``, see
+``--group-size``), the yardstick for ``generate-audio --score``. The same object goes to
+``<out>/scores.json``; ``score-audio`` scores any folder of clips later.
 """
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ def add_arguments(parser) -> None:
                    help="clips are cut or zero-padded to this length")
     g.add_argument("--shift-ms", type=float, default=100.0,
                    help="training clips are shifted in time by up to this much (augmentation)")
-    parser.set_defaults(steps=1500, batch_size=32, lr=3e-3, weight_decay=0.01,
-                        warmup_steps=50, eval_every=250, save_every=500, val_fraction=0.15)
+    # 600 steps of 32 clips (about 9 passes over the 2,079 training clips of Speech
+    # Commands' ten words) reach 81% on held-out speakers in about 4 CPU minutes (README).
+    parser.set_defaults(steps=600, batch_size=32, lr=3e-3, weight_decay=0.01,
+                        warmup_steps=50, eval_every=200, save_every=500, val_fraction=0.15)
 
 
 def add_clip_args(parser):
