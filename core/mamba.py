@@ -155,7 +155,7 @@ class Mamba(nn.Module):
         """A = -exp(A_log) (E, N) in ``dtype``, computed once per weight version: the cache is
         keyed on A_log's version counter (bumped by every in-place update: optimizer
         steps, ``load_state_dict``) and storage (``.to()``, a replaced ``.data``)."""
-        p = self.A_log
+        p = self._parameters["A_log"]          # (not through nn.Module.__getattr__: hot path)
         key = (p._version, p.data_ptr(), p.device, dtype)
         if self._A_cache is None or self._A_cache[0] != key:
             with torch.no_grad():
@@ -169,10 +169,10 @@ class Mamba(nn.Module):
         dtype = x_t.dtype
         if x_t.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
             return "torch"
-        if torch.is_grad_enabled() and (x_t.requires_grad or self.in_proj.weight.requires_grad):
+        weight = self._modules["in_proj"]._parameters["weight"]
+        if torch.is_grad_enabled() and (x_t.requires_grad or weight.requires_grad):
             return "torch"
-        if (cache.conv.dtype != dtype or cache.ssm.dtype != dtype
-                or self.in_proj.weight.dtype != dtype):
+        if cache.conv.dtype != dtype or cache.ssm.dtype != dtype or weight.dtype != dtype:
             return "torch"
         return "cpu"
 
@@ -220,7 +220,7 @@ class Mamba(nn.Module):
             1e-5 if pre_norm is None else pre_norm.eps, add_residual,
             in_proj["weight"], in_proj["bias"], conv1d["weight"], conv1d["bias"],
             x_proj["weight"], dt_proj["weight"], dt_proj["bias"], self.inference_A(x_t.dtype),
-            self.D.to(x_t.dtype), out_proj["weight"], out_proj["bias"], work)
+            self._parameters["D"].to(x_t.dtype), out_proj["weight"], out_proj["bias"], work)
 
     def step_torch(self, x_t, cache):
         """``step`` in PyTorch ops (differentiable; the executable spec of the C++ kernel,

@@ -68,7 +68,7 @@ def test_bench_all_smoke_writes_json_markdown_png(tmp_path):
         assert "load_average_1_5_15" in data["meta"]
         assert (tmp_path / f"{name}.md").read_text().startswith("###")
     gen = json.loads((tmp_path / "generate.json").read_text())
-    assert {r["model"] for r in gen["rows"]} == {"mamba_step", "mamba_fused", "transformer_kv"}
+    assert {r["model"] for r in gen["rows"]} == {"mamba_step", "transformer_kv"}
     assert all(len(r["raw_s"]) == r["repeats"] for r in gen["rows"])
     assert "| context | batch |" in (tmp_path / "generate.md").read_text()
     train = json.loads((tmp_path / "train.json").read_text())
