@@ -15,19 +15,19 @@ Each measurement decodes ``--tokens`` greedy tokens (argmax fed back). The cache
 the context length directly (random keys/values; random SSM state): a decode step costs the
 same whatever the cached values are, and filling a 16k-token KV cache by a real prefill
 would dominate the run. "memory" is what each model holds for its batch at that context:
-the KV cache (grows with context) or the recurrent state (does not).
+the KV cache (grows with context) or the recurrent state (does not). Every timing keeps wall
+and CPU time (``bench.baseline``); the ratios are of CPU time, which a shared machine's
+other jobs disturb far less, and the tables show both.
 """
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 
 import torch
 
-from mambaseq.bench.baseline import time_baseline_step
-from mambaseq.bench.report import (bench_parser, machine_info, machine_line, markdown_table,
-                                   time_call, write_results)
+from mambaseq.bench.baseline import time_baseline_step, time_wall_and_cpu
+from mambaseq.bench.report import bench_parser, machine_info, machine_line, markdown_table, write_results
 from mambaseq.bench.transformer import count_parameters, matched_transformer
 from mambaseq.core import MambaLM
 
@@ -67,23 +67,27 @@ def measure_pair(lm, tf, context, batch, args, baseline=False):
     tok = torch.randint(0, lm.config.vocab_size, (batch,), device=device)
     rows = []
 
-    def row(name, timing, memory_bytes, extra=None):
-        per_token = timing["median_s"] / args.tokens
+    def row(name, timing, memory_bytes):
+        per_token, cpu_per_token = (timing["median_s"] / args.tokens,
+                                    timing["cpu_median_s"] / args.tokens)
         rows.append(dict(model=name, context=context, batch=batch, tokens=args.tokens,
                          ms_per_token=per_token * 1e3, tokens_per_s=batch / per_token,
-                         memory_mb=memory_bytes / 2 ** 20, **timing, **(extra or {})))
+                         cpu_ms_per_token=cpu_per_token * 1e3,
+                         cpu_tokens_per_s=batch / cpu_per_token,
+                         memory_mb=memory_bytes / 2 ** 20, **timing))
 
     with torch.no_grad():
         cache = lm.allocate_cache(batch, device=device)
         for s in cache:
             s.ssm.normal_(std=0.1)
             s.conv.normal_()
-        row("mamba_step", time_call(lambda: decode(lambda t: lm.step(t, cache), tok, args.tokens),
-                                    args.repeats, device=device), state_bytes(cache))
+        row("mamba_step", time_wall_and_cpu(
+            lambda: decode(lambda t: lm.step(t, cache), tok, args.tokens), args.repeats),
+            state_bytes(cache))
         if baseline:
-            raw = time_baseline_step(args.baseline, "lm", lm, batch, args.tokens, args.repeats)
-            row("mamba_step_base", dict(median_s=statistics.median(raw), raw_s=raw, warmup=1,
-                                        repeats=args.repeats), state_bytes(cache))
+            row("mamba_step_base", time_baseline_step(args.baseline, "lm", lm, batch,
+                                                      args.tokens, args.repeats),
+                state_bytes(cache))
         kv = tf.allocate_cache(batch, context + args.tokens, device=device)
         kv.k.normal_()
         kv.v.normal_()
@@ -92,8 +96,7 @@ def measure_pair(lm, tf, context, batch, args, baseline=False):
             kv.length = context
             return decode(lambda t: tf.step(t, kv), tok, args.tokens)
         per_position = kv.nbytes / kv.max_len
-        row("transformer_kv", time_call(tf_decode, args.repeats, device=device),
-            per_position * context)
+        row("transformer_kv", time_wall_and_cpu(tf_decode, args.repeats), per_position * context)
         del kv
     return rows
 
@@ -103,19 +106,22 @@ def markdown(result):
     for r in result["rows"]:
         rows_by_key.setdefault((r["context"], r["batch"]), {})[r["model"]] = r
     base = {r["batch"]: r for r in result["rows"] if r["model"] == "mamba_step_base"}
-    header = ["context", "batch", "mamba_step tok/s", "transformer_kv tok/s",
-              "mamba / transformer"]
+    header = ["context", "batch", "mamba_step ms/token (CPU, wall)",
+              "transformer_kv ms/token (CPU, wall)", "mamba / transformer"]
     if base:
-        header += ["mamba_step_base tok/s", "mamba / base"]
+        header += ["mamba_step_base ms/token (CPU, wall)", "mamba / base"]
     header += ["Transformer KV MB", "Mamba state MB"]
+
+    def ms(r):
+        return f"{r['cpu_ms_per_token']:.2f}, {r['ms_per_token']:.2f}"
+
     table = []
     for (ctx, b), v in sorted(rows_by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         ours, tf = v["mamba_step"], v["transformer_kv"]
-        line = [ctx, b, ours["tokens_per_s"], tf["tokens_per_s"],
-                f"**{ours['tokens_per_s'] / tf['tokens_per_s']:.1f}x**"]
+        line = [ctx, b, ms(ours), ms(tf),
+                f"**{tf['cpu_ms_per_token'] / ours['cpu_ms_per_token']:.1f}x**"]
         if base:
-            line += [base[b]["tokens_per_s"],
-                     f"{ours['tokens_per_s'] / base[b]['tokens_per_s']:.1f}x"]
+            line += [ms(base[b]), f"**{base[b]['cpu_ms_per_token'] / ours['cpu_ms_per_token']:.1f}x**"]
         table.append(line + [tf["memory_mb"], ours["memory_mb"]])
     m = result["models"]
     lines = [f"### Generation (greedy decode, {result['device']})", "",
@@ -124,7 +130,8 @@ def markdown(result):
              f"{m['transformer_layers']} layers, MLP {m['transformer_d_mlp']} "
              f"({m['transformer_params']:,} params, RoPE, SDPA, KV cache); "
              f"{result['tokens']} tokens per timing, median of {result['repeats']}, "
-             f"{result['threads']} thread(s) for every model.", ""]
+             f"{result['threads']} thread(s) for every model. Times per token (the whole "
+             "batch) in CPU and wall ms; ratios of CPU time.", ""]
     if base:
         lines += [f"`mamba_step_base`: `MambaLM.step` of the checkout {result['baseline']} "
                   f"(commit {result['baseline_commit'] or '?'}), same weights, timed once per "
