@@ -93,8 +93,7 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
-        from mambaseq import core
-        model = core.load_pretrained(args.model)
+        model = AudioLM.from_pretrained(args.model)
         rate = model.sample_rate
     else:
         torch.manual_seed(0)

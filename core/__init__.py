@@ -11,7 +11,7 @@ from .norm import RMSNorm
 from .backbone import MambaBackbone, MambaBackboneConfig
 from .bimamba import (BiMamba, BiMambaBackbone, BiMambaBackboneConfig,
                       reverse_complement_hidden)
-from .heads import (MambaLM, MambaLMConfig, RCEmbedding, SequenceClassifier,
+from .heads import (MambaLM, MambaLMConfig, NgramEmbedding, RCEmbedding, SequenceClassifier,
                     SequenceClassifierConfig, TokenModelConfig, pool_hidden, token_embedding)
 from .multiscale import (MultiscaleBackbone, MultiscaleBackboneConfig, MultiscaleState,
                          get_pooling, linear_pooling, register_pooling)
@@ -23,7 +23,7 @@ __all__ = ["Mamba", "MambaState", "selective_scan", "selective_scan_ref",
            "RMSNorm", "MambaBackbone", "MambaBackboneConfig",
            "BiMamba", "BiMambaBackbone", "BiMambaBackboneConfig", "reverse_complement_hidden",
            "MambaLM", "MambaLMConfig", "SequenceClassifier", "SequenceClassifierConfig",
-           "RCEmbedding", "TokenModelConfig", "token_embedding", "pool_hidden",
+           "NgramEmbedding", "RCEmbedding", "TokenModelConfig", "token_embedding", "pool_hidden",
            "MultiscaleBackbone", "MultiscaleBackboneConfig", "MultiscaleState",
            "register_pooling", "get_pooling",
            "linear_pooling", "sample_logits", "top_k_filter", "top_p_filter",

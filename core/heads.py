@@ -98,6 +98,51 @@ def token_embedding(vocab_size, d_model, complement=None, device=None, dtype=Non
     return emb
 
 
+class NgramEmbedding(nn.Module):
+    """Token embedding plus an embedding of the n-gram of letters ending at each position.
+
+    With letters A, C, G, T and n = 6 this gives a model the overlapping k-mer features a
+    k-mer baseline reads (a mean-pooled linear head over it alone is that baseline), from the
+    first layer on, while the backbone still sees every position. Position t's n-gram is
+    made of tokens t-n+1 .. t only, so a causal model stays causal; an n-gram that reaches
+    before the start or holds a non-letter token (N, padding, specials) maps to one shared
+    "unknown" row.
+
+    Args:
+        vocab_size (int): V.  d_model (int): D.  n (int): n-gram length.
+        letters (sequence of int): per token id, its letter index in [0, A) or -1 for a
+            token that is not a letter; supplied by the caller (``core`` knows no alphabet).
+    """
+
+    def __init__(self, vocab_size, d_model, n, letters, device=None, dtype=None):
+        super().__init__()
+        letters = torch.as_tensor(list(letters), dtype=torch.long)
+        if letters.shape != (vocab_size,) or letters.max() < 0:
+            raise ValueError(f"letters must give one letter index (or -1) per token id of "
+                             f"the {vocab_size}-token vocabulary")
+        if n < 1:
+            raise ValueError(f"n-gram length must be >= 1, got {n}")
+        self.n, self.alphabet = n, int(letters.max()) + 1
+        self.register_buffer("letters", letters.to(device), persistent=False)
+        self.register_buffer("place", self.alphabet ** torch.arange(n - 1, -1, -1, device=device),
+                             persistent=False)
+        self.token = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        self.ngram = nn.Embedding(self.alphabet ** n + 1, d_model, device=device, dtype=dtype)
+        nn.init.normal_(self.token.weight, std=0.02)
+        nn.init.normal_(self.ngram.weight, std=0.02)
+
+    def ngram_ids(self, ids):
+        """ids (B, L) -> (B, L) index of the n-gram ending at each position (A^n: unknown)."""
+        x = F.pad(self.letters[ids], (self.n - 1, 0), value=-1)           # (B, L + n - 1)
+        windows = x.unfold(-1, self.n, 1)                                  # (B, L, n)
+        code = (windows.clamp(min=0) * self.place).sum(-1)                 # (B, L)
+        return torch.where((windows >= 0).all(-1), code, self.alphabet ** self.n)
+
+    def forward(self, ids):
+        """ids (B, L) -> (B, L, D)."""
+        return self.token(ids) + self.ngram(self.ngram_ids(ids))
+
+
 @dataclass
 class TokenModelConfig:
     """The fields every token model shares (its constructor's leading arguments)."""
@@ -255,6 +300,8 @@ class SequenceClassifierConfig:
     expand: int = 2
     norm_eps: float = 1e-5
     chunk_size: int = DEFAULT_CHUNK
+    ngram: int = 0                    # > 0: add an NgramEmbedding of this n
+    ngram_letters: Optional[list] = None  # token id -> letter index or -1 (ngram only)
 
 
 class SequenceClassifier(PretrainedMixin, nn.Module):
@@ -270,6 +317,9 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
             RC-invariant ("last" is refused: RC moves the last step to the first).
         complement (list[int], optional): the complement of each token id.
         d_state, d_conv, expand, norm_eps, chunk_size: as in the backbones.
+        ngram (int, 0), ngram_letters (list[int]): with ngram > 0 the input embedding is an
+            ``NgramEmbedding`` (token + n-gram of letters ending at each position); not with
+            rc_equivariant.
 
     >>> clf = SequenceClassifier(16, 64, 4, num_classes=10, bidirectional=True,
     ...                          rc_equivariant=True, complement=tokenizer.complement_ids)
@@ -280,9 +330,11 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
 
     def __init__(self, vocab_size, d_model, n_layer, num_classes, pooling="mean",
                  bidirectional=False, rc_equivariant=False, complement=None, d_state=16,
-                 d_conv=4, expand=2, norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, device=None,
-                 dtype=None):
+                 d_conv=4, expand=2, norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, ngram=0,
+                 ngram_letters=None, device=None, dtype=None):
         super().__init__()
+        if ngram and (rc_equivariant or ngram_letters is None):
+            raise ValueError("ngram needs ngram_letters and does not go with rc_equivariant")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if rc_equivariant:
@@ -295,10 +347,14 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
         complement = None if complement is None else [int(c) for c in complement]
         self.config = SequenceClassifierConfig(
             vocab_size, d_model, n_layer, num_classes, pooling, bidirectional, rc_equivariant,
-            complement, d_state, d_conv, expand, norm_eps, chunk_size)
+            complement, d_state, d_conv, expand, norm_eps, chunk_size, ngram,
+            None if ngram_letters is None else [int(i) for i in ngram_letters])
         factory = {"device": device, "dtype": dtype}
-        self.embedding = token_embedding(vocab_size, d_model,
-                                         complement if rc_equivariant else None, **factory)
+        if ngram:
+            self.embedding = NgramEmbedding(vocab_size, d_model, ngram, ngram_letters, **factory)
+        else:
+            self.embedding = token_embedding(vocab_size, d_model,
+                                             complement if rc_equivariant else None, **factory)
         kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, norm_eps=norm_eps,
                   chunk_size=chunk_size, **factory)
         if bidirectional:

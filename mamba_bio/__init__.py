@@ -26,7 +26,7 @@ _LAZY = {"simulate_genomes": "simulate", "write_fasta": "simulate",
 
 
 def __getattr__(name):
-    # Imported on first use: ``python -m mamba_bio.simulate`` must not find its module
+    # Imported on first use: ``python -m mambaseq.mamba_bio.simulate`` must not find its module
     # already imported by the package, and the model heads pull in ``core``.
     if name in _LAZY:
         import importlib

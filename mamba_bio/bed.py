@@ -1,7 +1,12 @@
 """BED intervals (0-based, end-exclusive): the first three columns are required, name (4)
-and strand (6) are read when present; header lines (track, browser, #) are skipped."""
+and strand (6) are read when present; header lines (track, browser, #) are skipped.
+
+Also the split BED of a species task (``write_split_bed``/``read_split_bed``): which regions
+of which FASTA file are train, val and test, so that pretraining can be kept off the test
+regions of a later classifier."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .fasta import Window
@@ -59,3 +64,61 @@ def _parse_line(line: str, where: str, lengths: dict | None) -> Window:
             raise ValueError(f"{where}: end {end} is past the end of {chrom} "
                              f"(length {lengths[chrom]})")
     return Window(chrom, start, end, "-" if strand == "-" else "+")
+
+
+SPLIT_BED_COLUMNS = ("chrom", "start", "end", "split", "score", "strand", "species", "fasta")
+
+
+@dataclass(frozen=True)
+class SplitRegion:
+    """One region of a train/val/test split: ``window`` of ``fasta``, for ``species``."""
+    split: str
+    species: str
+    fasta: str
+    window: Window
+
+
+def write_split_bed(path, regions) -> Path:
+    """Write a split as BED6+2: chrom, start, end, split (train/val/test), 0, strand,
+    species, FASTA path (absolute), one line per ``SplitRegion``; returns the path.
+
+    The file is what ``read_split_bed`` reads back, and what ``pretrain-genome --split-bed``
+    takes, so that a model pretrained before a classifier sees only its training regions.
+    """
+    path = Path(path)
+    lines = ["#" + "\t".join(SPLIT_BED_COLUMNS)]
+    for r in regions:
+        w = r.window
+        lines.append("\t".join(map(str, (w.name, w.start, w.end, r.split, 0, w.strand,
+                                         r.species, Path(r.fasta).resolve()))))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_split_bed(path) -> list[SplitRegion]:
+    """Read a split written by ``write_split_bed``.
+
+    Raises:
+        FileNotFoundError, or ValueError naming the file, the line and the problem (fewer
+        than 8 columns, a split other than train/val/test, a bad interval).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split BED file not found: {path}")
+    rows = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            where = f"{path}:{lineno}"
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < len(SPLIT_BED_COLUMNS):
+                raise ValueError(f"{where}: a split BED line has {len(SPLIT_BED_COLUMNS)} "
+                                 f"tab-separated columns ({', '.join(SPLIT_BED_COLUMNS)}), "
+                                 f"got {len(cols)}")
+            if cols[3] not in ("train", "val", "test"):
+                raise ValueError(f"{where}: column 4 must be train, val or test, got {cols[3]!r}")
+            rows.append(SplitRegion(cols[3], cols[6], cols[7], _parse_line(line, where, None)))
+    if not rows:
+        raise ValueError(f"empty split BED file {path}: no regions")
+    return rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .bed import SplitRegion
 from .fasta import Window, n_fraction
 from .tokenizers import CharTokenizer
 
@@ -299,6 +300,17 @@ class SpeciesWindows:
         return [[(str(getattr(s.source, "path", "")), r) for s in pooled.samplers
                  for r in s.regions] for pooled in self.samplers[split]]
 
+    def longest_regions(self, split: str) -> list[int]:
+        """Per class, the length of its longest region in ``split`` (the longest window it
+        can give)."""
+        return [max((s.longest() for s in pooled.samplers), default=0)
+                for pooled in self.samplers[split]]
+
+    def split_table(self) -> list[SplitRegion]:
+        """Every region of every split, for ``mamba_bio.bed.write_split_bed``."""
+        return [SplitRegion(split, self.classes[label], path, window) for split in SPLITS
+                for label, regions in enumerate(self.regions(split)) for path, window in regions]
+
     def _encode(self, sampler, win, seq):
         return self.tokenizer.encode(seq, source=f"{sampler.where}:{win.name}:{win.start}")
 
@@ -332,6 +344,35 @@ class SpeciesWindows:
         hit = torch.from_numpy(rng.random(ids.shape) < self.substitution_rate)
         hit &= torch.isin(ids, torch.tensor(self.tokenizer.base_ids))
         return torch.where(hit, random_bases(rng, ids.shape, self.tokenizer), ids)
+
+    def tiled_windows(self, split: str, seq_len: int, per_class: int
+                      ) -> tuple[list[str], np.ndarray]:
+        """Non-overlapping windows tiling the regions of ``split`` (a window with more than
+        ``max_n_frac`` N is left out), at most ``per_class`` of them per class, evenly spread
+        over the tiles. The same regions at every ``seq_len``, no window scored twice: the
+        evaluation set for accuracy against window length.
+
+        Returns:
+            sequences (list of str, strand "+"), labels (n,) int64.
+        Raises:
+            ValueError: a class has no tile of ``seq_len`` bases in ``split``.
+        """
+        seqs, labels = [], []
+        for label, pooled in enumerate(self.samplers[split]):
+            tiles = [(s, r.name, start) for s in pooled.samplers for r in s.regions
+                     for start in range(r.start, r.end - seq_len + 1, seq_len)]
+            if not tiles:
+                raise ValueError(f"species {self.classes[label]!r} has no {split} window of "
+                                 f"{seq_len} bases")
+            picks = np.unique(np.linspace(0, len(tiles) - 1, min(per_class, len(tiles)))
+                              .round().astype(int))
+            for i in picks:
+                sampler, name, start = tiles[i]
+                seq = sampler.source.fetch(name, start, start + seq_len)
+                if n_fraction(seq) <= sampler.max_n_frac:
+                    seqs.append(seq)
+                    labels.append(label)
+        return seqs, np.array(labels, dtype=np.int64)
 
     def fixed_windows(self, split: str, seq_len: int, per_class: int
                       ) -> tuple[list[str], np.ndarray]:

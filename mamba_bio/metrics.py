@@ -80,6 +80,59 @@ def plot_confusion(cm, classes: list[str], path, title: str = "") -> None:
     plt.close(fig)
 
 
+def accuracy_by_length(parts: list[dict]) -> list[dict]:
+    """Pool per-length predictions of several parts (folds or seeds).
+
+    Args:
+        parts: each {length: {"labels" (n,), "pred" (n,), "baseline_pred" (n,)}}.
+    Returns:
+        one row per length, ascending: {"length", "accuracy", "baseline_accuracy" (pooled
+        over all test windows), "accuracy_sd", "baseline_accuracy_sd" (across parts, 0 for
+        one part), "per_part" [{"accuracy", "baseline_accuracy"}], "test_windows"}.
+    """
+    rows = []
+    for length in sorted(parts[0]):
+        per_part = [{"accuracy": float((p[length]["pred"] == p[length]["labels"]).mean()),
+                     "baseline_accuracy": float((p[length]["baseline_pred"]
+                                                 == p[length]["labels"]).mean())}
+                    for p in parts]
+        labels = np.concatenate([p[length]["labels"] for p in parts])
+        pred = np.concatenate([p[length]["pred"] for p in parts])
+        base = np.concatenate([p[length]["baseline_pred"] for p in parts])
+        sd = (lambda key: float(np.std([q[key] for q in per_part], ddof=1))
+              if len(parts) > 1 else 0.0)
+        rows.append({"length": int(length), "accuracy": float((pred == labels).mean()),
+                     "baseline_accuracy": float((base == labels).mean()),
+                     "accuracy_sd": sd("accuracy"), "baseline_accuracy_sd": sd("baseline_accuracy"),
+                     "per_part": per_part, "test_windows": int(len(labels))})
+    return rows
+
+
+def plot_accuracy_vs_length(rows: list[dict], path, title: str = "",
+                            baseline_name: str = "k-mer baseline") -> None:
+    """Accuracy (with its spread across parts) against window length, log-scaled, as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [r["length"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for key, label in (("accuracy", "Mamba classifier"), ("baseline_accuracy", baseline_name)):
+        ax.errorbar(lengths, [r[key] for r in rows], yerr=[r[f"{key}_sd"] for r in rows],
+                    marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [f"{n // 1000}k" if n >= 1000 else str(n) for n in lengths])
+    ax.set_xlabel("window length (bases)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def kmer_features(seqs: list[str], k: int) -> np.ndarray:
     """(n, 4^k) k-mer frequencies of each sequence, both strands counted (so that the
     features do not depend on which strand a window was read from)."""

@@ -7,7 +7,7 @@ changes according to P(t) = expm(Q t) of a time-reversible rate matrix Q (HKY85 
 normalised to one substitution per unit time at equilibrium), and, when asked, indels
 hit the sequence as Poisson events with geometric lengths.
 
-    python -m mamba_bio.simulate --out data/sim          # 5 species, FASTA per species
+    python -m mambaseq.mamba_bio.simulate --out data/sim          # 5 species, FASTA per species
 """
 from __future__ import annotations
 
@@ -103,6 +103,8 @@ def simulate_genomes(tree: str = DEFAULT_TREE, length: int = 20_000, n_chromosom
                      model: str = "hky", kappa: float = 2.0, pi=(0.3, 0.2, 0.2, 0.3),
                      gtr_rates=(1.0, 2.0, 1.0, 1.0, 2.0, 1.0), markov_order: int = 2,
                      indel_rate: float = 0.0, composition_sd: float = 0.0,
+                     repeat_fraction: float = 0.0, repeat_length: int = 300,
+                     repeat_divergence: float = 0.1,
                      seed: int = 0) -> dict[str, list[str]]:
     """Simulate the genomes of the leaves of ``tree``.
 
@@ -120,6 +122,13 @@ def simulate_genomes(tree: str = DEFAULT_TREE, length: int = 20_000, n_chromosom
             non-homogeneous model), so that species can be told apart in regions never
             seen in training. With 0 the species differ only by where substitutions fell,
             which no classifier can learn from held-out regions.
+        repeat_fraction (float, 0): with > 0 every branch gets a repeat family (a random
+            consensus of ``repeat_length`` bases, like a transposable element family born
+            on that branch), and copies of the families on a leaf's lineage, each
+            ``repeat_divergence`` diverged from its consensus, are inserted at random
+            places until they make up about this share of every chromosome. Families of
+            an ancestral branch are shared by its clade, a leaf's own family is its own:
+            a species signal longer than any short k-mer, as in real genomes (Alu, LINEs).
         seed (int, 0): the whole simulation is a function of it.
 
     Returns:
@@ -152,18 +161,51 @@ def simulate_genomes(tree: str = DEFAULT_TREE, length: int = 20_000, n_chromosom
             f = f / f.sum()
             branch[id(child)] = (f, rate_matrix(f))
             stack.append((child, f))
+    # Repeat families: one per branch, active in every leaf below it.
+    families = {name: [] for name in leaves}
+    if repeat_fraction > 0:
+        stack = [(root, [])]
+        while stack:
+            clade, inherited = stack.pop()
+            if clade.is_terminal():
+                families[clade.name] = inherited
+            for child in clade.clades:
+                stack.append((child, inherited + [rng.integers(0, 4, repeat_length,
+                                                               dtype=np.int8)]))
     genomes = {name: [] for name in leaves}
     for _ in range(n_chromosomes):
         stack = [(root, markov_root(length, rng, order=markov_order))]
         while stack:
             clade, seq = stack.pop()
             if clade.is_terminal():
+                if families[clade.name]:
+                    seq = insert_repeats(seq, families[clade.name], repeat_fraction,
+                                         repeat_divergence, rng)
                 genomes[clade.name].append("".join(BASES[seq]))
             for child in clade.clades:
                 freqs, q = branch[id(child)]
                 stack.append((child, evolve(seq, child.branch_length or 0.0, q, rng,
                                             pi=freqs, indel_rate=indel_rate)))
     return genomes
+
+
+def insert_repeats(seq: np.ndarray, families: list[np.ndarray], fraction: float,
+                   divergence: float, rng: np.random.Generator) -> np.ndarray:
+    """Insert copies of ``families`` (consensus arrays of base indices) into ``seq`` (L,) at
+    random places, a family drawn uniformly per copy, each base of a copy replaced by a
+    random base with probability ``divergence``, until the copies are about ``fraction`` of
+    the result."""
+    size = len(families[0])
+    n_copies = int(round(fraction * len(seq) / ((1 - fraction) * size)))
+    places = np.sort(rng.integers(0, len(seq) + 1, n_copies))
+    pieces, last = [], 0
+    for place in places:
+        copy = families[int(rng.integers(len(families)))].copy()
+        hit = rng.random(size) < divergence
+        copy[hit] = rng.integers(0, 4, int(hit.sum()), dtype=np.int8)
+        pieces += [seq[last:place], copy]
+        last = place
+    return np.concatenate(pieces + [seq[last:]])
 
 
 def write_fasta(path, records: dict[str, str], line_width: int = 60) -> Path:
@@ -187,7 +229,7 @@ def write_species_fastas(out_dir, genomes: dict[str, list[str]]) -> dict[str, Pa
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mamba_bio.simulate",
+    parser = argparse.ArgumentParser(prog="python -m mambaseq.mamba_bio.simulate",
                                      description="Simulate genomes along a tree; one FASTA each.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tree", default=DEFAULT_TREE, help="Newick tree with branch lengths")
@@ -197,11 +239,14 @@ def main(argv=None):
     parser.add_argument("--indel-rate", type=float, default=0.0)
     parser.add_argument("--composition-sd", type=float, default=0.0,
                         help="lineage-specific base composition (learnable species signal)")
+    parser.add_argument("--repeat-fraction", type=float, default=0.0,
+                        help="share of each genome made of lineage-specific repeat copies")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     genomes = simulate_genomes(args.tree, args.length, args.chromosomes, model=args.model,
                                indel_rate=args.indel_rate,
-                               composition_sd=args.composition_sd, seed=args.seed)
+                               composition_sd=args.composition_sd,
+                               repeat_fraction=args.repeat_fraction, seed=args.seed)
     for name, path in write_species_fastas(args.out, genomes).items():
         print(f"{name}\t{path}")
 

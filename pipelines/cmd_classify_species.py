@@ -27,12 +27,15 @@ import torch
 import torch.nn.functional as F
 
 from mambaseq import core
+from mambaseq.mamba_bio.bed import write_split_bed
 from mambaseq.mamba_bio.datasets import SpeciesWindows
 from mambaseq.mamba_bio.fasta import open_sequences
-from mambaseq.mamba_bio.metrics import (classification_report, kmer_baseline, paired_comparison,
-                               plot_confusion)
+from mambaseq.mamba_bio.metrics import (accuracy_by_length, classification_report,
+                                        kmer_baseline, paired_comparison,
+                                        plot_accuracy_vs_length, plot_confusion)
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
-from mambaseq.pipelines.checkpoint import BEST
+from mambaseq.pipelines.checkpoint import BEST, load_model, model_assets
+from mambaseq.pipelines.distributed import is_main_process
 from mambaseq.pipelines.options import TrainConfig, add_training_args
 from mambaseq.pipelines.trainer import seed_everything, train
 
@@ -67,6 +70,22 @@ def add_arguments(parser):
                    help="k-fold cross-validation: K models, each tested on its own 1/K block of "
                         "every genome (validation: the --fractions val share beside it); the "
                         "report pools the K test sets (0: one split, --split-by)")
+    g.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="train one classifier per seed (in OUT/seedS; the seed draws the model "
+                        "init, the training windows and the test windows of the same test "
+                        "regions) and pool their test windows in the report")
+    g.add_argument("--pretrain-steps", type=int, default=0, metavar="N",
+                   help="first pretrain a language model for N steps on the train regions of "
+                        "all species (pretrain-genome --split-bed OUT/split.bed, into "
+                        "OUT/pretrain; mlm, or clm with --causal, rc-equivariant with "
+                        "--rc-invariant) and fine-tune the classifier from it; test regions "
+                        "are never read")
+    g.add_argument("--eval-lengths", type=int, nargs="+", default=None, metavar="L",
+                   help="also score the test regions with windows of these lengths (model and "
+                        "a k-mer baseline fit on train windows of each length); writes "
+                        "OUT/accuracy_vs_length.json and .png")
+    g.add_argument("--eval-tokens", type=int, default=64_000, metavar="T",
+                   help="tokens per batch when predicting (windows per batch = T // length)")
     g.add_argument("--no-rc-augment", action="store_true",
                    help="train on the given strand only (by default half of the training "
                         "windows are reverse-complemented, which hides strand asymmetry, a "
@@ -80,6 +99,11 @@ def add_arguments(parser):
     g.add_argument("--rc-invariant", action="store_true",
                    help="RC-equivariant backbone + invariant head (bidirectional only)")
     g.add_argument("--pooling", choices=("mean", "max", "last"), default="mean")
+    g.add_argument("--ngram", type=int, default=0, metavar="K",
+                   help="add an embedding of the overlapping K-mer ending at each base to the "
+                        "base embedding (core.NgramEmbedding): the model starts from the "
+                        "features of a K-mer baseline and the backbone adds context (0: bases "
+                        "only; not with --rc-invariant)")
     g.add_argument("--init-from", metavar="DIR", default=None,
                    help="start from a pretrained model's embedding and backbone "
                         "(pretrain-genome: clm for --causal, mlm otherwise, an "
@@ -94,20 +118,22 @@ def add_arguments(parser):
     g.add_argument("--decompress-gzip", action="store_true")
 
 
-def build_model(args, cfg, n_classes, tokenizer):
+def build_model(args, cfg, n_classes, tokenizer, init_from=None):
     model = core.SequenceClassifier(
         tokenizer.vocab_size, cfg.d_model, cfg.n_layer, n_classes, pooling=args.pooling,
         bidirectional=not args.causal, rc_equivariant=args.rc_invariant,
         complement=tokenizer.complement_map.tolist() if args.rc_invariant else None,
-        d_state=args.d_state)
-    if args.init_from:
-        import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
-        pre = core.load_pretrained(args.init_from)
+        d_state=args.d_state, ngram=args.ngram,
+        ngram_letters=tokenizer.base_letters if args.ngram else None)
+    if init_from:
+        pre = load_model(init_from)
         try:
-            model.embedding.load_state_dict(pre.embedding.state_dict())
+            # with --ngram the pretrained base embedding is the token part of the new one
+            target = model.embedding.token if args.ngram else model.embedding
+            target.load_state_dict(pre.embedding.state_dict())
             model.backbone.load_state_dict(pre.backbone.state_dict())
         except (RuntimeError, AttributeError) as err:
-            raise ValueError(f"--init-from {args.init_from}: its {type(pre).__name__} does not "
+            raise ValueError(f"--init-from {init_from}: its {type(pre).__name__} does not "
                              f"fit this classifier (same --d-model/--n-layer/--d-state, "
                              f"--causal for a clm model, --rc-invariant for an "
                              f"--rc-equivariant mlm model): "
@@ -121,19 +147,76 @@ def classify_loss(model, batch):
 
 
 @torch.no_grad()
-def predict(model, seqs, tokenizer, batch_size=32):
-    """Class logits (n, C) of windows ``seqs`` (equal lengths)."""
+def predict(model, seqs, tokenizer, tokens_per_batch=64_000):
+    """Class logits (n, C) of windows ``seqs`` (equal lengths), batched by tokens."""
     model.eval()
     device = next(model.parameters()).device
+    batch_size = max(1, tokens_per_batch // max(1, len(seqs[0]))) if seqs else 1
     out = [model(torch.stack([tokenizer.encode(s) for s in seqs[i:i + batch_size]]).to(device))
            for i in range(0, len(seqs), batch_size)]
     return torch.cat(out).float().cpu()
 
 
+def pretrain(args, cfg, split_bed: Path) -> Path:
+    """Pretrain a language model on the train regions of ``split_bed`` with pretrain-genome
+    (into OUT/pretrain, resumed when it is there); returns its model folder."""
+    from mambaseq.pipelines import cli
+    out = Path(cfg.out) / "pretrain"
+    argv = ["pretrain-genome", "--split-bed", str(split_bed), "--out", str(out),
+            "--objective", "clm" if args.causal else "mlm",
+            "--steps", str(args.pretrain_steps), "--seq-len", str(cfg.seq_len),
+            "--batch-size", str(cfg.batch_size), "--d-model", str(cfg.d_model),
+            "--n-layer", str(cfg.n_layer), "--d-state", str(args.d_state), "--lr", str(cfg.lr),
+            "--warmup-steps", str(cfg.warmup_steps), "--seed", str(cfg.seed),
+            "--device", cfg.device, "--eval-every", str(cfg.eval_every or args.pretrain_steps)]
+    if args.rc_invariant:
+        argv.append("--rc-equivariant")
+    if (out / "checkpoints").is_dir():
+        argv.append("--resume")
+    if args.decompress_gzip:
+        argv.append("--decompress-gzip")
+    if (out / "model").is_dir() and (out / "report.json").is_file():
+        return out / "model"                                   # finished in an earlier run
+    if cli.main(argv) != 0:
+        raise ValueError(f"the pretraining step failed (its error is above); its folder: {out}")
+    return out / "model"
+
+
+def check_eval_lengths(data, lengths) -> None:
+    """Refuse, before any training, a --eval-lengths value longer than some species' longest
+    test region (a draft genome of many contigs has short ones)."""
+    longest = data.longest_regions("test")
+    for length in lengths:
+        for name, n in zip(data.classes, longest):
+            if n < length:
+                raise ValueError(f"--eval-lengths {length}: species {name!r} has no test region "
+                                 f"of {length} bases (its longest: {n}); the longest length "
+                                 f"every species allows is {min(longest)}")
+
+
+def score_lengths(model, data, tokenizer, args, seed) -> dict:
+    """Per window length: labels, model predictions and k-mer baseline predictions on
+    non-overlapping windows tiling the test regions (the same regions at every length; at
+    most --eval-per-class windows per species and length)."""
+    out = {}
+    for length in args.eval_lengths:
+        test_x, test_y = data.tiled_windows("test", length, args.eval_per_class)
+        train_x, train_y = data.fixed_windows("train", length, args.baseline_per_class)
+        out[length] = {"labels": test_y,
+                       "pred": predict(model, test_x, tokenizer, args.eval_tokens).argmax(1).numpy(),
+                       "baseline_pred": kmer_baseline(train_x, train_y, test_x, k=args.kmer,
+                                                      seed=seed)}
+    return out
+
+
 def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
     """Train one classifier on one split and predict its test windows, with the baseline.
 
-    Returns {"classes", "labels" (n,), "pred" (n,), "baseline_pred" (n,), "steps",
+    Writes the split to OUT/split.bed first; with --pretrain-steps, pretrains on its train
+    regions and fine-tunes from that model.
+
+    Returns {"classes", "labels" (n,), "pred" (n,), "baseline_pred" (n,), "by_length"
+    ({length: {"labels", "pred", "baseline_pred"}} for --eval-lengths), "steps",
     "scored_model", "test_regions"}.
     """
     data = SpeciesWindows(species, fractions=args.fractions, by=by, tokenizer=tokenizer,
@@ -141,24 +224,29 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
                           substitution_rate=args.substitution_rate)
     val_x, val_y = data.fixed_windows("val", cfg.seq_len, args.eval_per_class)
     test_x, test_y = data.fixed_windows("test", cfg.seq_len, args.eval_per_class)
+    check_eval_lengths(data, args.eval_lengths or [])
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    split_bed = write_split_bed(Path(cfg.out) / "split.bed", data.split_table())
+    init_from = pretrain(args, cfg, split_bed) if args.pretrain_steps else args.init_from
 
     def eval_fn(model):
-        logits = predict(model, val_x, tokenizer)
+        logits = predict(model, val_x, tokenizer, args.eval_tokens)
         return {"val_loss": float(F.cross_entropy(logits, torch.from_numpy(val_y))),
                 "val_accuracy": float((logits.argmax(1).numpy() == val_y).mean())}
 
     seed_everything(cfg.seed)
-    model = build_model(args, cfg, len(data.classes), tokenizer)
-    summary = train(model, classify_loss, data.get_batch, cfg, eval_fn=eval_fn)
-    tokenizer.save(summary["model_dir"])
-    Path(summary["model_dir"], "classes.json").write_text(json.dumps(data.classes) + "\n")
+    model = build_model(args, cfg, len(data.classes), tokenizer, init_from)
+    summary = train(model, classify_loss, data.get_batch, cfg, eval_fn=eval_fn,
+                    assets=model_assets(tokenizer, data.classes))
 
     # Score the checkpoint with the lowest validation loss when validation ran, else the final model.
     best = Path(summary["out"]) / "checkpoints" / BEST
-    scored = core.load_pretrained(best) if best.is_dir() else model.cpu()
+    scored = load_model(best) if best.is_dir() else model.cpu()
     train_x, train_y = data.fixed_windows("train", cfg.seq_len, args.baseline_per_class)
     return {"classes": data.classes, "labels": test_y,
-            "pred": predict(scored, test_x, tokenizer).argmax(1).numpy(),
+            "pred": predict(scored, test_x, tokenizer, args.eval_tokens).argmax(1).numpy(),
+            "by_length": score_lengths(scored, data, tokenizer, args, cfg.seed)
+            if args.eval_lengths else {},
             "baseline_pred": kmer_baseline(train_x, train_y, test_x, k=args.kmer, seed=cfg.seed),
             "steps": summary["step"],
             "scored_model": "best validation checkpoint" if best.is_dir() else "final model",
@@ -167,7 +255,7 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
 
 
 def pooled_report(parts: list[dict], args) -> dict:
-    """The report over the test windows of every part (one part, or one per fold)."""
+    """The report over the test windows of every part (one part, or one per fold or seed)."""
     classes = parts[0]["classes"]
     labels = np.concatenate([p["labels"] for p in parts])
     pred = np.concatenate([p["pred"] for p in parts])
@@ -180,44 +268,89 @@ def pooled_report(parts: list[dict], args) -> dict:
                   paired_vs_baseline=paired_comparison(labels, pred, baseline_pred),
                   chance=1.0 / len(classes), test_windows=len(labels), seq_len=args.seq_len,
                   steps=parts[0]["steps"], scored_model=parts[0]["scored_model"])
+    if parts[0]["by_length"]:
+        report["accuracy_vs_length"] = accuracy_by_length([p["by_length"] for p in parts])
     if len(parts) == 1:
         report["test_regions"] = parts[0]["test_regions"]
         return report
-    per_fold = [{"fold": i,
+    kind = next(iter(parts[0]["part"]))                                # "fold" or "seed"
+    per_part = [{**p["part"],
                  "accuracy": float((p["pred"] == p["labels"]).mean()),
                  "baseline_accuracy": float((p["baseline_pred"] == p["labels"]).mean()),
-                 "test_regions": p["test_regions"]} for i, p in enumerate(parts)]
-    report.update(folds=per_fold,
-                  folds_won=sum(f["accuracy"] > f["baseline_accuracy"] for f in per_fold),
-                  accuracy_sd=float(np.std([f["accuracy"] for f in per_fold], ddof=1)),
-                  baseline_accuracy_sd=float(np.std([f["baseline_accuracy"] for f in per_fold],
-                                                    ddof=1)))
+                 "test_regions": p["test_regions"]} for p in parts]
+    report.update({f"{kind}s": per_part,
+                   f"{kind}s_won": sum(f["accuracy"] > f["baseline_accuracy"] for f in per_part),
+                   "accuracy_sd": float(np.std([f["accuracy"] for f in per_part], ddof=1)),
+                   "baseline_accuracy_sd": float(np.std([f["baseline_accuracy"]
+                                                         for f in per_part], ddof=1))})
     return report
+
+
+def train_parts(args, cfg, species, tokenizer) -> list[dict]:
+    """One classifier (one split), or one per fold (OUT/foldI) or per seed (OUT/seedS)."""
+    if args.folds and args.seeds:
+        raise ValueError("--folds and --seeds both repeat the training; choose one")
+    if args.folds:
+        return [{**train_and_score(args, dataclasses.replace(cfg, out=str(Path(cfg.out) / f"fold{i}")),
+                                   species, tokenizer, by="fold", fold=(i, args.folds)),
+                 "part": {"fold": i}} for i in range(args.folds)]
+    if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ValueError(f"--seeds must differ, got {args.seeds}")
+        return [{**train_and_score(args, dataclasses.replace(cfg, seed=s,
+                                                             out=str(Path(cfg.out) / f"seed{s}")),
+                                   species, tokenizer, by=args.split_by),
+                 "part": {"seed": s}} for s in args.seeds]
+    return [train_and_score(args, cfg, species, tokenizer, by=args.split_by)]
+
+
+def write_length_results(report: dict, out: Path) -> None:
+    """OUT/accuracy_vs_length.json and .png from the report's "accuracy_vs_length" rows."""
+    rows = report["accuracy_vs_length"]
+    (out / "accuracy_vs_length.json").write_text(json.dumps(
+        {"classes": report["classes"], "baseline": report["baseline"]["method"],
+         "rows": rows}, indent=2) + "\n")
+    parts = len(rows[0]["per_part"])
+    plot_accuracy_vs_length(rows, out / "accuracy_vs_length.png",
+                            title=f"{len(report['classes'])} species, test regions, "
+                                  f"{rows[0]['test_windows']} windows per length"
+                                  + (f", {parts} runs" if parts > 1 else ""))
 
 
 def run(args):
     if args.folds == 1 or args.folds < 0:
         raise ValueError(f"--folds must be 0 (one split) or at least 2, got {args.folds}")
+    if args.eval_lengths and min(args.eval_lengths) < 1:
+        raise ValueError(f"--eval-lengths must be positive, got {args.eval_lengths}")
+    if args.pretrain_steps < 0:
+        raise ValueError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
+    if args.pretrain_steps and args.init_from:
+        raise ValueError("--pretrain-steps and --init-from both give the starting model; "
+                         "choose one")
     cfg = TrainConfig.from_args(args)
     tokenizer = CharTokenizer()
     species = {name: [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in files]
                for name, files in parse_species(args.species).items()}
-    if args.folds:
-        parts = [train_and_score(args, dataclasses.replace(cfg, out=str(Path(cfg.out) / f"fold{i}")),
-                                 species, tokenizer, by="fold", fold=(i, args.folds))
-                 for i in range(args.folds)]
-    else:
-        parts = [train_and_score(args, cfg, species, tokenizer, by=args.split_by)]
+    parts = train_parts(args, cfg, species, tokenizer)
+    if not is_main_process():
+        return
     report = pooled_report(parts, args)
     out = Path(cfg.out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    what = f"{args.folds}-fold CV, " if args.folds else ""
+    what = (f"{args.folds}-fold CV, " if args.folds
+            else f"{len(args.seeds)} seeds, " if args.seeds else "")
     plot_confusion(report["confusion_matrix"], report["classes"], out / "confusion.png",
                    title=f"{what}Mamba {report['accuracy']:.1%} | k-mer baseline "
                          f"{report['baseline_accuracy']:.1%}")
     summary = {k: report[k] for k in ("accuracy", "baseline_accuracy", "chance",
                                       "paired_vs_baseline", "per_class_f1")}
-    if args.folds:
+    if len(parts) > 1:
+        kind = "folds" if args.folds else "seeds"
         summary.update({k: report[k] for k in ("accuracy_sd", "baseline_accuracy_sd",
-                                               "folds_won")})
+                                               f"{kind}_won")})
+    if "accuracy_vs_length" in report:
+        write_length_results(report, out)
+        summary["accuracy_vs_length"] = {r["length"]: [round(r["accuracy"], 4),
+                                                       round(r["baseline_accuracy"], 4)]
+                                         for r in report["accuracy_vs_length"]}
     print(json.dumps({**summary, "report": str(out / "report.json")}, indent=2))

@@ -25,6 +25,7 @@ from mambaseq.mamba_audio.model import AudioLM
 from mambaseq.mamba_audio.sampler import generate, save_clips
 
 from .distributed import resolve_device
+from .options import positive_float, positive_int
 
 HELP = "generate audio clips from a trained model (wav files + samples/s)"
 
@@ -33,9 +34,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", metavar="DIR", required=True,
                         help="a model directory written by train-audio (<out>/model)")
     parser.add_argument("--out", metavar="DIR", required=True, help="folder for the wavs")
-    parser.add_argument("--n", "--n-clips", dest="n", type=int, default=16,
+    parser.add_argument("--n", "--n-clips", dest="n", type=positive_int, default=16,
                         help="clips generated together (one batch)")
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of each clip")
+    parser.add_argument("--seconds", type=positive_float, default=1.0,
+                        help="length of each clip")
     parser.add_argument("--prime", metavar="FILE", default=None,
                         help="audio file whose start primes every clip (kept in the output)")
     parser.add_argument("--prime-seconds", type=float, default=0.25,

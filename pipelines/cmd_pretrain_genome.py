@@ -21,13 +21,15 @@ import numpy as np
 import torch.nn.functional as F
 
 from mambaseq import core
-from mambaseq.mamba_bio.bed import read_bed
+from mambaseq.mamba_bio.bed import read_bed, read_split_bed
 from mambaseq.mamba_bio.datasets import GenomeWindows, split_regions
 from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.heads import MaskedLM
 from mambaseq.mamba_bio.metrics import best_markov_perplexity, lm_metrics, lm_nll
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
-from mambaseq.pipelines.options import TrainConfig, add_training_args
+from mambaseq.pipelines.checkpoint import model_assets
+from mambaseq.pipelines.distributed import is_main_process
+from mambaseq.pipelines.options import TrainConfig, add_training_args, fraction
 from mambaseq.pipelines.trainer import seed_everything, train
 
 HELP = "pretrain a causal (clm) or masked (mlm) Mamba language model on a genome FASTA"
@@ -37,8 +39,12 @@ MARKOV_MAX_BASES = 20_000_000      # the Markov baseline reads the splits into m
 def add_arguments(parser):
     add_training_args(parser)
     g = parser.add_argument_group("genome")
-    g.add_argument("--fasta", required=True, nargs="+",
+    g.add_argument("--fasta", nargs="+", default=None,
                    help="FASTA files (plain or bgzip) to pretrain on")
+    g.add_argument("--split-bed", default=None, metavar="FILE",
+                   help="instead of --fasta: the split.bed of a classify-species run (its FASTA "
+                        "files and regions); trains on its train regions, validates on its val "
+                        "regions and never reads its test regions")
     g.add_argument("--bed", default=None, help="BED file: train/validate only inside these "
                                                "intervals (chromosomes of any --fasta file)")
     g.add_argument("--objective", choices=("clm", "mlm"), default="clm",
@@ -47,7 +53,7 @@ def add_arguments(parser):
     g.add_argument("--rc-equivariant", action="store_true",
                    help="mlm only: reverse-complement equivariant model (Caduceus-PS), which "
                         "initialises a classify-species --rc-invariant classifier")
-    g.add_argument("--val-fraction", type=float, default=0.1,
+    g.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the bases held out for validation")
     g.add_argument("--split-by", choices=("auto", "record", "position"), default="auto",
                    help="hold out whole records, or the end of every record")
@@ -107,8 +113,36 @@ def file_regions(sources, bed):
     return [[w for w in intervals if w.name in src.lengths] for src in sources]
 
 
-def make_clm_eval(val_texts, tokenizer):
-    ids = [tokenizer.encode(t, add_bos=True) for t in val_texts]
+def training_regions(args):
+    """(FASTA paths, opened sources, {"train", "val"}: per source a list of Window) from
+    --fasta (+ --bed), split by --val-fraction, or from a classify-species --split-bed."""
+    if args.split_bed is None:
+        if not args.fasta:
+            raise ValueError("give --fasta FILE [FILE ...] or --split-bed FILE")
+        sources = [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in args.fasta]
+        per_file = [split_regions(src, (1 - args.val_fraction, args.val_fraction, 0.0),
+                                  by=args.split_by, regions=regions)
+                    for src, regions in zip(sources, file_regions(sources, args.bed))]
+        return args.fasta, sources, {k: [sp[k] for sp in per_file] for k in ("train", "val")}
+    if args.fasta or args.bed:
+        raise ValueError("--split-bed names the FASTA files and regions itself; drop "
+                         "--fasta and --bed")
+    rows = read_split_bed(args.split_bed)
+    files = list(dict.fromkeys(r.fasta for r in rows if r.split != "test"))
+    sources = [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in files]
+    splits = {k: [[r.window for r in rows if r.fasta == f and r.split == k] for f in files]
+              for k in ("train", "val")}
+    for f, src, train, val in zip(files, sources, splits["train"], splits["val"]):
+        for w in train + val:
+            if w.end > src.lengths.get(w.name, -1):
+                raise ValueError(f"{args.split_bed}: region {w.name}:{w.start}-{w.end} is not "
+                                 f"inside a record of {f}")
+    return files, sources, splits
+
+
+def make_clm_eval(val_texts, tokenizer, where):
+    """``where[i]``: "file:record:start" of ``val_texts[i]``, named by a bad-base error."""
+    ids = [tokenizer.encode(t, add_bos=True, source=w) for t, w in zip(val_texts, where)]
 
     def eval_fn(model):
         device = next(model.parameters()).device
@@ -137,11 +171,7 @@ def run(args):
                          "strand)")
     cfg = TrainConfig.from_args(args)
     tokenizer = CharTokenizer(strict=args.strict)
-    sources = [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in args.fasta]
-    per_file = [split_regions(src, (1 - args.val_fraction, args.val_fraction, 0.0),
-                              by=args.split_by, regions=regions)
-                for src, regions in zip(sources, file_regions(sources, args.bed))]
-    splits = {k: [sp[k] for sp in per_file] for k in ("train", "val")}   # per file
+    files, sources, splits = training_regions(args)
     if not any(splits["val"]):
         raise ValueError("the validation split is empty; raise --val-fraction")
     seed_everything(cfg.seed)
@@ -154,7 +184,8 @@ def run(args):
                              d_state=args.d_state)
         loss_fn = clm_loss
         val_texts = region_text(sources, splits["val"], args.val_bases)
-        eval_fn = make_clm_eval(val_texts, tokenizer)
+        eval_fn = make_clm_eval(val_texts, tokenizer, [
+            f"{f}:{r.name}:{r.start}" for f, rs in zip(files, splits["val"]) for r in rs])
     else:
         model = MaskedLM(tokenizer.vocab_size, cfg.d_model, cfg.n_layer, d_state=args.d_state,
                          rc_equivariant=args.rc_equivariant,
@@ -162,13 +193,15 @@ def run(args):
         loss_fn = mlm_loss
         val_data = GenomeWindows(sources, splits["val"], rc_augment=False, **common)
         eval_fn = make_mlm_eval(val_data, cfg.seq_len)
-    summary = train(model, loss_fn, train_data.get_batch, cfg, eval_fn=eval_fn)
-    tokenizer.save(summary["model_dir"])
+    summary = train(model, loss_fn, train_data.get_batch, cfg, eval_fn=eval_fn,
+                    assets=model_assets(tokenizer))
+    if not is_main_process():
+        return
 
     report = {"objective": args.objective, "steps": summary["step"],
               "train_loss": summary["loss"], "val": summary["val"],
               "splits": {k: [f"{Path(f).name}:{r.name}:{r.start}-{r.end}"
-                             for f, rs in zip(args.fasta, v) for r in rs]
+                             for f, rs in zip(files, v) for r in rs]
                          for k, v in splits.items()}}
     if args.objective == "clm":
         train_bases = sum(r.end - r.start for rs in splits["train"] for r in rs)

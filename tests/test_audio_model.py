@@ -106,7 +106,8 @@ def test_stream_nll_bits_is_chunk_invariant(model):
 
 def test_save_and_load_pretrained(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
-    for loaded in (AudioLM.from_pretrained(tmp_path / "m"), core.load_pretrained(tmp_path / "m")):
+    for loaded in (AudioLM.from_pretrained(tmp_path / "m"),
+                   core.load_pretrained(tmp_path / "m", classes={"AudioLM": AudioLM})):
         assert isinstance(loaded, AudioLM)
         assert loaded.sample_rate == 8000 and loaded.quantizer == model.quantizer
         tok = _tokens(1, 40)

@@ -63,3 +63,21 @@ def test_composition_drift_is_lineage_specific():
     homogeneous = simulate_genomes("(a:1.0,b:1.0);", length=5000, n_chromosomes=2, seed=0)
     flat = {name: np.mean([c in "GC" for c in chroms[1]]) for name, chroms in homogeneous.items()}
     assert abs(gc["a"] - gc["b"]) > 3 * abs(flat["a"] - flat["b"])
+
+
+def test_repeat_families_follow_the_tree():
+    from collections import Counter
+    tree = "((a:0.01,b:0.01):0.01,c:0.02);"
+    genomes = simulate_genomes(tree, length=6000, repeat_fraction=0.3, repeat_length=200,
+                               repeat_divergence=0.0, seed=1)
+    for chroms in genomes.values():                       # copies are ~30% of the result
+        assert 6000 / 0.7 * 0.9 < len(chroms[0]) < 6000 / 0.7 * 1.1
+
+    def repeated(seq, k=40):
+        counts = Counter(seq[i:i + k] for i in range(len(seq) - k + 1))
+        return {kmer for kmer, n in counts.items() if n >= 3}
+    a, b, c = (repeated(genomes[x][0]) for x in "abc")
+    assert a & b - c            # the (a, b) clade's family: in both sisters, not in c
+    assert a - b - c            # a's own family
+    plain = simulate_genomes(tree, length=6000, seed=1)
+    assert all(len(ch[0]) == 6000 for ch in plain.values())

@@ -29,10 +29,11 @@ def test_lm_shapes_and_tied_head():
     assert lm(ids).shape == (2, 30, V)
     n_backbone = sum(p.numel() for p in lm.backbone.parameters())
     assert sum(p.numel() for p in lm.parameters()) == n_backbone + V * D   # no separate head
-    with torch.no_grad():
-        before = lm(ids)
-        lm.embedding.weight[:, 0] += 1.0          # the head reads the embedding matrix
-        assert not torch.allclose(lm(ids), before)
+    h = torch.randn(2, 3, D)
+    with torch.no_grad():                         # the head is the embedding matrix itself
+        torch.testing.assert_close(lm.lm_head(h), h @ lm.embedding.weight.T)
+        lm.embedding.weight[:, 0] += 1.0
+        torch.testing.assert_close(lm.lm_head(h), h @ lm.embedding.weight.T)
 
 
 def test_lm_step_equals_forward_and_is_causal():
@@ -165,3 +166,36 @@ def test_classifier_argument_errors():
                            rc_equivariant=True, complement=COMPLEMENT)
     with pytest.raises(ValueError, match="pooling"):
         SequenceClassifier(V, D, 1, 2, pooling="attention")
+
+
+def test_ngram_embedding_indexes_the_kmer_ending_at_each_position():
+    from mambaseq.core import NgramEmbedding
+    letters = [-1, -1, 0, 1, 2, 3]                  # ids 2..5 are four letters, 0/1 are not
+    emb = NgramEmbedding(6, 8, n=3, letters=letters)
+    ids = torch.tensor([[2, 3, 4, 5, 0, 2, 3, 4]])
+    expected = []
+    for t in range(ids.shape[1]):
+        window = [letters[int(i)] for i in ids[0, max(0, t - 2):t + 1]]
+        if t < 2 or min(window) < 0:
+            expected.append(4 ** 3)
+        else:
+            expected.append(window[0] * 16 + window[1] * 4 + window[2])
+    assert emb.ngram_ids(ids)[0].tolist() == expected
+    # causal: a later token never changes an earlier position's embedding
+    later = ids.clone()
+    later[0, 6] = 5
+    torch.testing.assert_close(emb(ids)[:, :6], emb(later)[:, :6])
+    assert not torch.allclose(emb(ids)[:, 6], emb(later)[:, 6])
+
+
+def test_ngram_classifier_saves_and_reloads(tmp_path):
+    from mambaseq.core import SequenceClassifier, load_pretrained
+    torch.manual_seed(0)
+    clf = SequenceClassifier(10, 16, 1, num_classes=3, ngram=2,
+                             ngram_letters=[-1] * 4 + [0, 1, 2, 3] + [-1] * 2)
+    ids = torch.randint(0, 10, (2, 12))
+    clf.save_pretrained(tmp_path / "clf")
+    again = load_pretrained(tmp_path / "clf")
+    torch.testing.assert_close(again(ids), clf(ids))
+    with pytest.raises(ValueError, match="ngram needs ngram_letters"):
+        SequenceClassifier(10, 16, 1, num_classes=3, ngram=2)

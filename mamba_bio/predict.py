@@ -1,0 +1,174 @@
+"""Species calls on new sequences: a trained classifier applied to windows of records of any
+length, in memory bounded by one batch of windows.
+
+Dimension names: B batch (windows), W window length (bases), C classes.
+
+A record is cut into windows [start, start + W) at a fixed stride; when the last of them
+stops short of the record's end, one more window [L - W, L) covers the tail, so every base
+is seen. A record shorter than W is one window of its whole length. Windows without a
+single A, C, G or T (assembly gaps, an all-N record) are skipped. Windows are read one at a
+time from the file (``fasta.open_sequences``: pyfaidx for FASTA), batched, and a record's
+call is the mean of its windows' class probabilities.
+
+>>> model, tokenizer, classes = load_classifier("runs/species/model")
+>>> for record in predict_records(model, tokenizer, open_sequences("new.fa"), window=1000):
+...     record.name, record.windows, record.mean_probs      # mean_probs (C,)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from mambaseq import core
+from mambaseq.core.pretrained import core_models
+
+from .heads import MaskedLM
+from .tokenizers import TOKENIZER_FILE, CharTokenizer
+
+CLASSES_FILE = "classes.json"
+
+
+def load_classifier(directory, device: str = "cpu"
+                    ) -> tuple[core.SequenceClassifier, CharTokenizer, list[str]]:
+    """The species classifier saved in ``directory`` with its tokenizer and class names.
+
+    Any folder of a classify-species run that carries config.json, model.safetensors,
+    tokenizer.json and classes.json: ``OUT/model``, ``OUT/checkpoints/best``,
+    ``OUT/checkpoints/step_*``.
+
+    Returns:
+        (model in eval mode on ``device``, tokenizer, class names in logit order).
+    Raises:
+        FileNotFoundError: the folder, or one of its four files, is missing.
+        ValueError: the folder holds another model (e.g. pretrain-genome's language model),
+            or its class names do not match the model's outputs.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model folder not found: {directory}")
+    # MaskedLM known too, so that pretrain-genome's mlm folder gets the "not a classifier" error
+    model = core.load_pretrained(directory, device=device,
+                                 classes={**core_models(), "MaskedLM": MaskedLM})
+    if not isinstance(model, core.SequenceClassifier):
+        raise ValueError(f"{directory} holds a {type(model).__name__}, not a species classifier "
+                         "(give the model/ or a checkpoints/ folder of a classify-species run)")
+    for name in (TOKENIZER_FILE, CLASSES_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory}: no {name} in this classifier folder (a "
+                                    "classify-species folder carries its tokenizer and class "
+                                    "names; try the run's model/ folder)")
+    classes = json.loads((directory / CLASSES_FILE).read_text())
+    if (not isinstance(classes, list) or len(classes) != model.config.num_classes
+            or not all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"{directory / CLASSES_FILE}: expected a list of "
+                         f"{model.config.num_classes} class names, got {classes!r}")
+    return model, CharTokenizer.load(directory), classes
+
+
+def window_spans(length: int, window: int, stride: int) -> Iterator[tuple[int, int]]:
+    """[start, end) of the windows of a record of ``length`` bases: every ``stride`` bases,
+    then one window ending at the record's end if the last stopped short; a record shorter
+    than ``window`` gives the single span [0, length) (none when it is empty).
+
+    >>> list(window_spans(10, 4, 3))
+    [(0, 4), (3, 7), (6, 10)]
+    >>> list(window_spans(11, 4, 4))
+    [(0, 4), (4, 8), (7, 11)]
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be positive, got {window} and {stride}")
+    if length <= window:
+        if length > 0:
+            yield 0, length
+        return
+    start = 0
+    for start in range(0, length - window + 1, stride):
+        yield start, start + window
+    if start + window < length:
+        yield length - window, length
+
+
+def has_base(seq: str) -> bool:
+    """True when ``seq`` holds at least one A, C, G or T (either case)."""
+    return any(b in seq for b in "ACGTacgt")
+
+
+@torch.inference_mode()
+def class_probabilities(model: core.SequenceClassifier, ids: torch.Tensor) -> np.ndarray:
+    """ids (B, W) -> class probabilities (B, C) as float64 (rows sum to 1)."""
+    device = next(model.parameters()).device
+    logits = model(ids.to(device)).double()                                  # (B, C)
+    return torch.softmax(logits, dim=-1).cpu().numpy()
+
+
+@dataclass
+class RecordPrediction:
+    """One record's call: how many windows were scored and their summed probabilities (C,)."""
+    name: str
+    length: int
+    windows: int = 0
+    prob_sum: np.ndarray | None = None                  # (C,)
+
+    def add(self, probs: np.ndarray) -> None:
+        """Count a batch of window probabilities (B, C)."""
+        self.windows += len(probs)
+        part = probs.sum(0)
+        self.prob_sum = part if self.prob_sum is None else self.prob_sum + part
+
+    @property
+    def mean_probs(self) -> np.ndarray | None:
+        """(C,) mean class probabilities over the windows; None when none was scored."""
+        return None if self.prob_sum is None else self.prob_sum / self.windows
+
+
+def predict_windows(model, tokenizer: CharTokenizer, source, name: str, window: int,
+                    stride: int, batch_size: int = 32, where: str = ""
+                    ) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+    """Class probabilities of the windows of record ``name`` of ``source`` (a ``Genome`` or
+    ``Records``), one batch at a time: yields (spans, probs (B, C)); all-N windows are
+    skipped. Only one batch of windows is held at once.
+
+    Args:
+        window (int), stride (int): as in ``window_spans``.
+        batch_size (int, 32): windows per forward pass.
+        where (str): names the file in tokenizer errors.
+    """
+    spans, ids = [], []
+    for start, end in window_spans(source.lengths[name], window, stride):
+        seq = source.fetch(name, start, end)
+        if not has_base(seq):
+            continue
+        spans.append((start, end))
+        ids.append(tokenizer.encode(seq, source=f"{where}:{name}:{start}"))
+        # A batch holds windows of one length (only a short record's single window differs).
+        if len(ids) == batch_size:
+            yield spans, class_probabilities(model, torch.stack(ids))
+            spans, ids = [], []
+    if ids:
+        yield spans, class_probabilities(model, torch.stack(ids))
+
+
+def predict_records(model, tokenizer: CharTokenizer, source, window: int,
+                    stride: int | None = None, batch_size: int = 32, where: str = "",
+                    on_batch=None) -> Iterator[RecordPrediction]:
+    """One ``RecordPrediction`` per record of ``source``, in file order.
+
+    Args:
+        stride (int, default ``window``): step between window starts.
+        on_batch (callable, optional): called as ``on_batch(name, spans, probs)`` with every
+            batch of window probabilities (B, C), e.g. to write them out as they come.
+    """
+    stride = stride or window
+    for name in source.names:
+        record = RecordPrediction(name, source.lengths[name])
+        for spans, probs in predict_windows(model, tokenizer, source, name, window, stride,
+                                            batch_size, where):
+            record.add(probs)
+            if on_batch is not None:
+                on_batch(name, spans, probs)
+        yield record

@@ -1,0 +1,140 @@
+"""Species classification recipe: the split written as BED, pretraining that never reads a
+test region, seeds pooled in one report, accuracy against window length."""
+import json
+
+import numpy as np
+import pytest
+
+from mambaseq.mamba_bio.bed import SplitRegion, read_split_bed, write_split_bed
+from mambaseq.mamba_bio.datasets import GenomeWindows, SpeciesWindows
+from mambaseq.mamba_bio.fasta import Window, open_sequences
+from mambaseq.mamba_bio.metrics import accuracy_by_length
+from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
+from mambaseq.pipelines import cmd_pretrain_genome
+from mambaseq.pipelines.cli import build_parser, main
+
+TINY = ["--d-model", "8", "--n-layer", "1", "--d-state", "4", "--batch-size", "2",
+        "--warmup-steps", "1", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    genomes = simulate_genomes("((a:0.02,b:0.02):0.1,c:0.1);", length=3000, n_chromosomes=2,
+                               seed=5)
+    return write_species_fastas(tmp_path_factory.mktemp("sim"), genomes)
+
+
+def test_split_bed_round_trip_and_errors(tmp_path):
+    rows = [SplitRegion("train", "a", str(tmp_path / "a.fa"), Window("chr1", 0, 800)),
+            SplitRegion("test", "a", str(tmp_path / "a.fa"), Window("chr1", 900, 1000))]
+    path = write_split_bed(tmp_path / "split.bed", rows)
+    assert read_split_bed(path) == rows
+    path.write_text("chr1\t0\t10\tholdout\t0\t+\ta\t/x.fa\n")
+    with pytest.raises(ValueError, match=r"split.bed:1: column 4 must be train, val or test"):
+        read_split_bed(path)
+    path.write_text("chr1\t0\t10\ttrain\n")
+    with pytest.raises(ValueError, match=r"split.bed:1: a split BED line has 8"):
+        read_split_bed(path)
+
+
+def _overlaps(window, regions):
+    return any(r.name == window.name and window.start < r.end and r.start < window.end
+               for r in regions)
+
+
+def test_pretraining_from_a_split_bed_never_reads_a_test_base(sim, tmp_path):
+    species = {k: [open_sequences(v)] for k, v in sim.items()}
+    data = SpeciesWindows(species, fractions=(0.6, 0.2, 0.2), by="position")
+    bed = write_split_bed(tmp_path / "split.bed", data.split_table())
+    parser = build_parser("pretrain-genome", cmd_pretrain_genome)
+    files, sources, splits = cmd_pretrain_genome.training_regions(
+        parser.parse_args(["--split-bed", str(bed), "--out", str(tmp_path / "p")]))
+    assert sorted(files) == sorted(str(p.resolve()) for p in sim.values())
+    test = {f: [r.window for r in read_split_bed(bed) if r.split == "test" and r.fasta == f]
+            for f in files}
+    assert all(test.values())
+    windows = GenomeWindows(sources, splits["train"], seed=3)
+    rng = np.random.default_rng(0)
+    drawn = 0
+    for _ in range(400):
+        sampler, window, _ = windows.sampler.sample(rng, 50)
+        f = files[[s is sampler for s in windows.sampler.samplers].index(True)]
+        assert not _overlaps(window, test[f]), (f, window)
+        drawn += 1
+    assert drawn == 400
+    for f, val in zip(files, splits["val"]):      # validation stays off the test regions too
+        assert val and not any(_overlaps(w, test[f]) for w in val)
+
+
+def test_pretrain_genome_split_bed_refuses_fasta_beside_it(sim, tmp_path, capsys):
+    bed = write_split_bed(tmp_path / "split.bed", [
+        SplitRegion("train", "a", str(sim["a"]), Window("a_chr1", 0, 100))])
+    assert main(["pretrain-genome", "--split-bed", str(bed), "--fasta", str(sim["a"]),
+                 "--out", str(tmp_path / "x"), "--steps", "1", *TINY]) == 1
+    assert "drop --fasta" in capsys.readouterr().err
+
+
+def test_classify_species_pretrains_on_train_regions_then_fine_tunes(sim, tmp_path, capsys):
+    out = tmp_path / "cls"
+    species = [f"{k}={v}" for k, v in sim.items()]
+    assert main(["classify-species", "--species", *species, "--out", str(out),
+                 "--pretrain-steps", "2", "--steps", "2", "--seq-len", "64",
+                 "--eval-per-class", "2", "--baseline-per-class", "4", "--kmer", "1",
+                 "--seeds", "0", "1", "--eval-lengths", "64", "256", *TINY]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert [s["seed"] for s in rep["seeds"]] == [0, 1]
+    for seed in (0, 1):
+        split = read_split_bed(out / f"seed{seed}" / "split.bed")
+        pre = json.loads((out / f"seed{seed}" / "pretrain" / "report.json").read_text())
+        test = [r.window for r in split if r.split == "test"]
+        for item in pre["splits"]["train"] + pre["splits"]["val"]:
+            _, name, span = item.rsplit(":", 2)
+            start, end = map(int, span.split("-"))
+            assert not _overlaps(Window(name, start, end), test)
+        assert (out / f"seed{seed}" / "pretrain" / "model").is_dir()
+    rows = json.loads((out / "accuracy_vs_length.json").read_text())["rows"]
+    assert [r["length"] for r in rows] == [64, 256]
+    assert all(r["test_windows"] == 2 * 3 * 2 and len(r["per_part"]) == 2 for r in rows)
+    assert (out / "accuracy_vs_length.png").stat().st_size > 0
+    assert "accuracy_vs_length" in capsys.readouterr().out
+
+
+def test_accuracy_by_length_pools_parts_and_gives_their_spread():
+    part = lambda pred: {100: {"labels": np.array([0, 1, 1, 0]), "pred": np.array(pred),  # noqa: E731
+                               "baseline_pred": np.array([0, 0, 0, 0])}}
+    (row,) = accuracy_by_length([part([0, 1, 1, 0]), part([1, 1, 1, 1])])
+    assert row["accuracy"] == pytest.approx(0.75)
+    assert [p["accuracy"] for p in row["per_part"]] == [1.0, 0.5]
+    assert row["accuracy_sd"] == pytest.approx(np.std([1.0, 0.5], ddof=1))
+    assert row["baseline_accuracy"] == 0.5 and row["baseline_accuracy_sd"] == 0.0
+
+
+def test_classify_species_option_errors(sim, tmp_path, capsys):
+    species = [f"{k}={v}" for k, v in sim.items()]
+    assert main(["classify-species", "--species", *species, "--out", str(tmp_path / "a"),
+                 "--folds", "2", "--seeds", "0", "1"]) == 1
+    assert "choose one" in capsys.readouterr().err
+    assert main(["classify-species", "--species", *species, "--out", str(tmp_path / "b"),
+                 "--pretrain-steps", "2", "--init-from", str(tmp_path)]) == 1
+    assert "--pretrain-steps and --init-from" in capsys.readouterr().err
+    # a length no test region holds is refused before any training
+    assert main(["classify-species", "--species", *species, "--out", str(tmp_path / "c"),
+                 "--eval-lengths", "200", "5000", "--seq-len", "64", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "--eval-lengths 5000: species 'a' has no test region of 5000 bases (its longest: 300)" in err
+    assert not (tmp_path / "c" / "checkpoints").exists()
+
+
+def test_tiled_windows_cover_the_test_regions_without_overlap(sim):
+    species = {k: [open_sequences(v)] for k, v in sim.items()}
+    data = SpeciesWindows(species, fractions=(0.6, 0.2, 0.2), by="position")
+    seqs, labels = data.tiled_windows("test", 100, per_class=1000)
+    per_class = np.bincount(labels)
+    # 2 chromosomes x 600 test bases per species -> 12 tiles of 100 bases each
+    assert per_class.tolist() == [12, 12, 12] and all(len(s) == 100 for s in seqs)
+    first = [s for s, y in zip(seqs, labels) if y == 0]
+    assert len(set(first)) == len(first)
+    few, few_labels = data.tiled_windows("test", 100, per_class=3)
+    assert np.bincount(few_labels).tolist() == [3, 3, 3]
+    with pytest.raises(ValueError, match="has no test window of 5000 bases"):
+        data.tiled_windows("test", 5000, per_class=3)
