@@ -27,7 +27,8 @@ import sys
 import torch
 
 from mambaseq.bench.baseline import time_baseline_step, time_wall_and_cpu
-from mambaseq.bench.report import bench_parser, machine_info, machine_line, markdown_table, write_results
+from mambaseq.bench.report import (bench_parser, machine_info, machine_line, markdown_table,
+                                   write_results)
 from mambaseq.bench.transformer import count_parameters, matched_transformer
 from mambaseq.core import MambaLM
 
@@ -121,7 +122,8 @@ def markdown(result):
         line = [ctx, b, ms(ours), ms(tf),
                 f"**{tf['cpu_ms_per_token'] / ours['cpu_ms_per_token']:.1f}x**"]
         if base:
-            line += [ms(base[b]), f"**{base[b]['cpu_ms_per_token'] / ours['cpu_ms_per_token']:.1f}x**"]
+            speedup = base[b]["cpu_ms_per_token"] / ours["cpu_ms_per_token"]
+            line += [ms(base[b]), f"**{speedup:.1f}x**"]
         table.append(line + [tf["memory_mb"], ours["memory_mb"]])
     m = result["models"]
     lines = [f"### Generation (greedy decode, {result['device']})", "",
