@@ -132,20 +132,25 @@ class Mamba(nn.Module):
         """x (B, L, D) -> y (B, L, D); with ``state`` (a MambaState from a previous chunk)
         the sequence continues from it. ``return_state=True`` also returns the new state."""
         batch, length, _ = x.shape
-        xz = self.in_proj(x).transpose(1, 2)                              # (B, 2E, L)
-        x, z = xz.chunk(2, dim=1)                                         # (B, E, L) each
+        x, z = self.in_proj(x).chunk(2, dim=-1)                          # (B, L, E) each
+        x, z = x.transpose(1, 2), z.transpose(1, 2)                       # (B, E, L) views
         if state is None:
             state = self.allocate_cache(batch, device=x.device, dtype=x.dtype)
         x_padded = torch.cat([state.conv.to(x.dtype), x], dim=-1)         # (B, E, K-1+L)
         new_conv = x_padded[..., x_padded.shape[-1] - (self.d_conv - 1):]
         x = F.silu(F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias,
                             groups=self.d_inner))                         # (B, E, L)
-        dt, B, C = self._ssm_params(x.transpose(1, 2))                    # (B, L, E|N|N)
+        # x_proj and dt_proj multiply from the left (bmm: matmul would fold the batch into
+        # a copy), so that dt, B, C and delta come out (B, ., L) without transposing x; the scan reads every operand through its strides
+        # (z stays a view of in_proj's output) and lays y out like z, (B, L, E) underneath,
+        # which is what out_proj reads.
+        x_dbl = torch.bmm(self.x_proj.weight.expand(batch, -1, -1), x)    # (B, R+2N, L)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = torch.bmm(self.dt_proj.weight.expand(batch, -1, -1), dt)  # (B, E, L)
         A = -torch.exp(self.A_log.float())                                # (E, N)
         y, ssm = selective_scan(
-            x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
-            z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-            initial_state=state.ssm, return_final_state=True)             # (B, E, L)
+            x, delta, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True, initial_state=state.ssm, return_final_state=True)  # (B, E, L)
         out = self.out_proj(y.transpose(1, 2))                            # (B, L, D)
         if return_state:
             return out, MambaState(conv=new_conv, ssm=ssm)
