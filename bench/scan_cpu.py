@@ -7,6 +7,10 @@
 2. million:  L=2^20 forward at E=256, N=16, in a fresh process: time and peak RSS.
 3. backward: L=65536 forward+backward at E=256, N=16, in a fresh process: time and peak RSS.
 
+With --vs-base CHECKOUT instead: forward and forward+backward at (B, E, L, N) = (8, 128, 1024, 16)
+and (1, 256, 16384, 16) of this checkout's kernel and of CHECKOUT's (an older commit's
+worktree), each in fresh processes alternating --rounds times; writes scan_vs_base.json/.md.
+
 With --sweep instead: forward and forward+backward over d_inner 256-2048 and L = 2^10..2^20
 where the inputs fit, against the sequential reference (L <= 2^12) and mambapy (while its
 (B, L, E, N) tensors fit), in state updates per second; writes scan_cpu_sweep.json/.md.
@@ -18,13 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from mambaseq.bench.report import machine_info, peak_rss_gb, run_isolated, time_call, write_results
+from mambaseq.bench.report import (machine_info, machine_line, markdown_table, peak_rss_gb,
+                                   run_isolated, time_call, write_results)
+from mambaseq.bench.timing_worker import THIS_CHECKOUT, run_worker
 from mambaseq.core.scan_reference import selective_scan_ref
 from mambaseq.kernels.cpu_scan import load_cpu_extension, selective_scan_cpu
 
@@ -156,6 +164,58 @@ def sweep_markdown(meta, rows):
     return "\n".join(lines + [""])
 
 
+VS_BASE_SHAPES = ((8, 128, 1024, 16), (1, 256, 16384, 16))
+
+
+def pooled_median(results, part, clock):
+    """Median over every timed call of several worker results."""
+    return statistics.median(t for r in results for t in r[part][f"{clock}_s"])
+
+
+def case_vs_base(base, rounds, repeats, threads):
+    """Forward and forward+backward (gate, D, delta_bias, softplus) of this checkout's kernel
+    and of ``base``'s, in fresh worker processes that alternate ``rounds`` times per shape;
+    medians over every timed call, wall clock and process CPU time."""
+    rows = []
+    for shape in VS_BASE_SHAPES:
+        runs = {"base": [], "ours": []}
+        for _ in range(rounds):
+            for side, checkout in (("base", base), ("ours", THIS_CHECKOUT)):
+                runs[side].append(run_worker(checkout, "scan", "--shape", *shape,
+                                             "--repeats", repeats, "--threads", threads))
+        row = dict(shape=list(shape), updates=math.prod(shape), runs=runs)
+        for side, results in runs.items():
+            for part in ("forward", "forward_backward"):
+                for clock in ("wall", "cpu"):
+                    row[f"{side}_{part}_{clock}_s"] = pooled_median(results, part, clock)
+        print(f"  scan {shape}: fwd+bwd base {row['base_forward_backward_wall_s']:.3f} s, "
+              f"ours {row['ours_forward_backward_wall_s']:.3f} s (wall)", flush=True)
+        rows.append(row)
+    return rows
+
+
+def vs_base_markdown(meta, base, rounds, repeats, rows):
+    table = []
+    for r in rows:
+        for part, name in (("forward_backward", "fwd+bwd"), ("forward", "fwd")):
+            cells = [" ".join(map(str, r["shape"])), name]
+            for clock in ("wall", "cpu"):
+                b, o = r[f"base_{part}_{clock}_s"], r[f"ours_{part}_{clock}_s"]
+                cells += [f"{b * 1e3:.1f} / {o * 1e3:.1f}", f"**{b / o:.2f}x**"]
+            cells.append(f"{r['updates'] / r[f'ours_{part}_wall_s'] / 1e9:.3f} vs "
+                         f"{r['updates'] / r[f'base_{part}_wall_s'] / 1e9:.3f}")
+            table.append(cells)
+    return "\n".join([
+        f"CPU scan, this checkout vs {base} (same script, same run): {rounds} alternating "
+        f"worker processes per side and shape, {repeats} timed calls each after a warm-up; "
+        "medians over all calls. Gate z, D, delta_bias and softplus on; the backward gets "
+        "dL/dy = 1.", "",
+        markdown_table(["B E L N", "pass", "wall ms base / ours", "speedup (wall)",
+                        "CPU ms base / ours", "speedup (CPU)", "G state-updates/s (wall) ours vs base"],
+                       table), "",
+        machine_line(meta), ""])
+
+
 def run_in_subprocess(case):
     """One of the --single cases in a fresh process, so that its peak RSS is its own."""
     return run_isolated("mambaseq.bench.scan_cpu", ["--single", case])
@@ -188,11 +248,25 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     parser.add_argument("--sweep", action="store_true",
                         help="widths x lengths sweep vs reference and mambapy instead")
+    parser.add_argument("--vs-base", type=Path, metavar="CHECKOUT",
+                        help="time against the kernel of this checkout of an older commit")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating worker processes per side (--vs-base)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (--vs-base)")
     parser.add_argument("--single", choices=["million", "backward"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     load_cpu_extension()
     if args.single:
         print(json.dumps({"million": case_million, "backward": case_backward}[args.single]()))
+        return 0
+    if args.vs_base:
+        torch.set_num_threads(args.threads)
+        meta = machine_info("cpu")
+        rows = case_vs_base(args.vs_base, args.rounds, args.repeats, args.threads)
+        table = vs_base_markdown(meta, args.vs_base, args.rounds, args.repeats, rows)
+        write_results(args.out, "scan_vs_base", dict(meta=meta, base=str(args.vs_base),
+                                                     rows=rows), table)
+        print(table)
         return 0
     meta = machine_info("cpu")
     if args.sweep:

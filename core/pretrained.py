@@ -9,55 +9,27 @@ fields are exactly its constructor's arguments, and inherits :class:`PretrainedM
 
 The directory is written under a temporary name beside the target and renamed into place, so
 a crash or a kill never leaves a half-written checkpoint under the target name. Loading
-never unpickles: the config is JSON, the weights safetensors, and the class comes from a
-registry of the classes defined in this package (never from an import path in the file).
+never unpickles: the config is JSON, the weights safetensors, and the class comes from an
+explicit map of names to classes (never from an import path in the file): ``core``'s own
+by default, ``pipelines.checkpoint.MODEL_CLASSES`` for every model of the toolkit.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_dir
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
-_REGISTRY: dict[str, type] = {}
-
 
 def _dtype_name(dtype):
     return str(dtype).removeprefix("torch.")
-
-
-def _write_dir_atomically(directory, write):
-    """Call ``write(tmp_dir)`` on a fresh temporary directory beside ``directory`` and then
-    move it to ``directory`` (replacing an existing one). On any error the temporary
-    directory is removed and an existing ``directory`` is left as it was."""
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():           # data on disk before the rename makes it visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if target.exists():
-            # os.replace cannot replace a non-empty directory: move the old one aside first,
-            # so that the target name holds either the old or the new checkpoint, never a mix.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class PretrainedMixin:
@@ -68,10 +40,6 @@ class PretrainedMixin:
     """
 
     config_class: type = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
 
     def save_pretrained(self, directory, extra_json=None):
         """Write ``directory/config.json`` and ``directory/model.safetensors`` atomically.
@@ -90,7 +58,7 @@ class PretrainedMixin:
         payload = {"class": type(self).__name__, "format_version": FORMAT_VERSION,
                    "dtype": _dtype_name(first.dtype), "config": dataclasses.asdict(config)}
 
-        def write(tmp):
+        with atomic_dir(directory) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
             for name, obj in (extra_json or {}).items():
                 if Path(name).name != name or name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -100,58 +68,122 @@ class PretrainedMixin:
             # the projections shared by the two directions of a BiMamba layer).
             save_model(self, str(tmp / WEIGHTS_NAME))
 
-        _write_dir_atomically(directory, write)
-
     @classmethod
     def from_pretrained(cls, directory, device="cpu"):
-        """Rebuild the model saved in ``directory``; ``cls`` must match the saved class
-        (use :func:`load_pretrained` to load whatever class it is)."""
-        model = load_pretrained(directory, device=device)
-        if not isinstance(model, cls):
-            raise TypeError(f"{directory}: holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        """Rebuild the model saved in ``directory``; it must hold a ``cls`` (use
+        :func:`load_pretrained` to load whatever class it is)."""
+        return load_pretrained(directory, device=device, classes={cls.__name__: cls})
+
+
+def core_models() -> dict[str, type]:
+    """The model classes of ``core`` by name: what :func:`load_pretrained` knows by default."""
+    from .backbone import MambaBackbone
+    from .bimamba import BiMambaBackbone
+    from .heads import MambaLM, SequenceClassifier
+    from .multiscale import MultiscaleBackbone
+
+    return {c.__name__: c for c in (MambaBackbone, BiMambaBackbone, MultiscaleBackbone,
+                                    MambaLM, SequenceClassifier)}
 
 
 def read_config(directory):
-    """The parsed ``config.json`` of a checkpoint directory (class name, dtype, config)."""
-    path = Path(directory) / CONFIG_NAME
+    """The parsed ``config.json`` of a checkpoint directory (class name, dtype, config).
+
+    Raises:
+        FileNotFoundError: no such directory or no config.json in it.
+        ValueError: config.json is not JSON, or lacks "class" or "config"; names the file.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such model directory")
+    path = directory / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint config here")
-    payload = json.loads(path.read_text())
+    try:
+        payload = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(payload).__name__}")
     for key in ("class", "config"):
         if key not in payload:
             raise ValueError(f"{path}: missing key {key!r}")
+    if not isinstance(payload["config"], dict):
+        raise ValueError(f"{path}: \"config\" must be an object of the model's arguments")
     return payload
 
 
-def load_pretrained(directory, device="cpu"):
-    """Rebuild any ``core`` model from a directory written by ``save_pretrained``.
-
-    The class is looked up by the name in config.json among the registered model classes;
-    the config must have exactly that class's fields; the weights are read with safetensors
-    (no pickle) and must match the architecture exactly (strict).
-
-    >>> model = core.load_pretrained("runs/lm")
-    """
-    from safetensors.torch import load_model
-
-    payload = read_config(directory)
-    name = payload["class"]
-    if name not in _REGISTRY:
-        raise ValueError(f"{directory}: unknown model class {name!r} "
-                         f"(known: {', '.join(sorted(_REGISTRY))})")
-    cls = _REGISTRY[name]
+def _build(cls, payload: dict, path: Path) -> torch.nn.Module:
+    """``cls`` built from the config of ``path`` (config.json); every field is checked."""
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     given = set(payload["config"])
     if given - fields:
-        raise ValueError(f"{directory}/{CONFIG_NAME}: unknown config fields "
-                         f"{sorted(given - fields)} for {name}")
-    config = cls.config_class(**payload["config"])
-    model = cls(**dataclasses.asdict(config))
-    dtype = getattr(torch, payload.get("dtype", "float32"))
-    model.to(dtype=dtype)
-    weights = Path(directory) / WEIGHTS_NAME
+        raise ValueError(f"{path}: unknown config fields {sorted(given - fields)} for "
+                         f"{cls.__name__}")
+    try:
+        config = cls.config_class(**payload["config"])
+        model = cls(**dataclasses.asdict(config))
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: the config does not build a {cls.__name__}: {first}") from None
+    dtype = getattr(torch, str(payload.get("dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{path}: unknown dtype {payload.get('dtype')!r}")
+    return model.to(dtype=dtype)
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
+    """Load a safetensors file into ``model`` exactly (no missing, no unexpected names).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a safetensors file (truncated, another format), or weights that do
+            not fit the model; one line naming the file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: weights missing")
-    load_model(model, str(weights), strict=True)    # raises on missing or unexpected keys
+    try:
+        load_model(model, str(weights), strict=True)
+    except SafetensorError as err:
+        raise ValueError(f"{weights}: not a readable safetensors file (truncated or another "
+                         f"format: {err})") from None
+    except RuntimeError as err:    # names or shapes that do not fit
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = "; ".join(ln if len(ln) <= 160 else ln[:157] + "..."
+                           for ln in (lines[1:3] if len(lines) > 1 else lines))
+        raise ValueError(f"{weights}: the weights do not fit the {type(model).__name__} of its "
+                         f"config ({detail})") from None
+
+
+def load_pretrained(directory, device="cpu", classes: dict[str, type] | None = None):
+    """Rebuild a model from a directory written by ``save_pretrained``.
+
+    Args:
+        directory (str or Path): the model directory.
+        device (str, "cpu"): where the model goes.
+        classes (dict[str, type] or None): the classes that may be loaded, by the name
+            config.json gives; default :func:`core_models`. A domain layer passes its own
+            (e.g. ``pipelines.checkpoint.MODEL_CLASSES``). The class is never imported from a
+            path in the file.
+
+    The config must have exactly the class's fields; the weights are read with safetensors
+    (no pickle) and must match the architecture exactly.
+
+    >>> model = core.load_pretrained("runs/lm")
+    """
+    classes = core_models() if classes is None else classes
+    payload = read_config(directory)
+    path = Path(directory) / CONFIG_NAME
+    name = payload["class"]
+    if name not in classes:
+        if len(classes) == 1:
+            raise TypeError(f"{directory}: holds a {name}, not a {next(iter(classes))}")
+        raise ValueError(f"{path}: unknown model class {name!r} "
+                         f"(known: {', '.join(sorted(classes))})")
+    model = _build(classes[name], payload, path)
+    load_weights(model, Path(directory) / WEIGHTS_NAME)
     return model.to(device).eval()

@@ -22,6 +22,9 @@ from .scan_args import check_scan_args
 log = logging.getLogger(__name__)
 
 CHECKPOINT_CHUNK = 128  # steps between saved states; the backward recomputes inside a chunk
+# Elements of each of the backward's dB and dC partial-sum buffers (per block of 8 channels,
+# per segment of the sequence): the backward walks the sequence in segments that fit.
+PARTIAL_BUDGET = 1 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,20 +45,21 @@ def load_cpu_extension():
     return module
 
 
-def _time_major(bc):
-    """(B, N, L) or (B, G, N, L) -> contiguous (B, G, L, N)."""
-    if bc.dim() == 3:
-        bc = bc.unsqueeze(1)
-    return bc.transpose(-1, -2).contiguous()
+def _grouped(bc):
+    """(B, N, L) or (B, G, N, L) -> a (B, G, N, L) view, strides kept."""
+    return bc.unsqueeze(1) if bc.dim() == 3 else bc
 
 
 def _from_time_major(grad, like):
-    """Inverse of _time_major for a gradient: (B, G, L, N) -> like's shape."""
-    grad = grad.transpose(-1, -2)
-    return grad.reshape(like.shape).to(like.dtype)
+    """A (B, G, L, N) gradient from the kernel -> like's shape (a view when the dtype
+    matches: no copy here; whoever consumes it copies only if it must)."""
+    return grad.transpose(-1, -2).reshape(like.shape).to(like.dtype)
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
+    """Inputs go to the kernel as they are (views included) when their dtype is the compute
+    dtype: the kernel reads every tensor through its strides, so no layout is copied."""
+
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
         compute = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -63,14 +67,16 @@ class _SelectiveScanCPU(torch.autograd.Function):
         d_state = A.shape[1]
 
         def prep(t):
-            return t.to(compute).contiguous()
+            return t.to(compute)
 
-        u_c, delta_c, A_c = prep(u), prep(delta), prep(A)
-        B_c, C_c = prep(_time_major(B)), prep(_time_major(C))
-        D_c = prep(D) if D is not None else u_c.new_zeros(d_inner)
-        bias_c = prep(delta_bias) if delta_bias is not None else u_c.new_zeros(d_inner)
+        u_c, delta_c = prep(u), prep(delta)
+        A_c = prep(A).contiguous()
+        B_c, C_c = prep(_grouped(B)), prep(_grouped(C))
+        D_c = prep(D).contiguous() if D is not None else u_c.new_zeros(d_inner)
+        bias_c = (prep(delta_bias).contiguous() if delta_bias is not None
+                  else u_c.new_zeros(d_inner))
         z_c = prep(z) if z is not None else u_c.new_empty(0)
-        h0_c = (prep(initial_state) if initial_state is not None
+        h0_c = (prep(initial_state).contiguous() if initial_state is not None
                 else u_c.new_zeros(batch, d_inner, d_state))
         needs_grad = any(ctx.needs_input_grad)
         y, final_state, ckpt = load_cpu_extension().scan_fwd(
@@ -87,12 +93,12 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def backward(ctx, grad_y, grad_final, _grad_ckpt):
         u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt = ctx.saved_tensors
         u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.originals
-        grad_y = grad_y.to(u_c.dtype).contiguous()
+        grad_y = grad_y.to(u_c.dtype)
         grad_final = (grad_final.to(u_c.dtype).contiguous() if grad_final is not None
                       else torch.zeros_like(h0_c))
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = load_cpu_extension().scan_bwd(
             grad_y, grad_final, u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt,
-            ctx.delta_softplus, z is not None, CHECKPOINT_CHUNK)
+            ctx.delta_softplus, z is not None, CHECKPOINT_CHUNK, PARTIAL_BUDGET)
 
         def cast(grad, like):
             return grad.to(like.dtype) if like is not None else None
@@ -108,7 +114,9 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     ``core.selective_scan`` (see ``core.scan_reference.selective_scan_ref`` for shapes).
 
     The forward never holds more than the inputs, the output and O(B*E*N) state; with
-    gradients it also keeps one (B, E, N) state every CHECKPOINT_CHUNK steps.
+    gradients it also keeps one (B, E, N) state every CHECKPOINT_CHUNK steps. Views are
+    read through their strides (no layout copies); y is laid out like z (like u without a
+    gate). Outputs and gradients are bitwise the same for any number of threads.
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if u.device.type != "cpu":

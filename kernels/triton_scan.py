@@ -21,6 +21,9 @@ The executable specification is ``core.scan_reference.selective_scan_ref``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -28,9 +31,25 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from .scan_args import check_scan_args
 
-CHUNK_SIZE = 64   # T: steps per chunk, and the spacing of the saved states (not tuned on a GPU)
-MAX_BLOCK_E = 4   # channels per program; (BLOCK_E, N, T) fp32 tiles must fit in registers
-NUM_WARPS = 4
+CHUNK_SIZE = 64      # T at most: steps per chunk, and the spacing of the saved states
+MIN_CHUNK = 8        # T at least (a shorter chunk leaves the scan little to do in parallel)
+MAX_BLOCK_E = 4      # channels per program
+MIN_BLOCK_N = 4      # d_state is padded to a power of two, at least this
+MAX_D_STATE = 256    # above this one channel's (N, MIN_CHUNK) tile exceeds the backward's budget
+# Elements of a program's (BLOCK_E, BLOCK_N, CHUNK) fp32 tile. The forward keeps about six
+# such tiles live, the backward about a dozen plus a pointer per element for strided inputs:
+# 32 elements per thread (4 warps) in the forward and 8 (8 warps) in the backward fit in
+# 255 registers without spilling on sm_80 and sm_90 (python -m mambaseq.bench.triton_aot);
+# the backward with 16 per thread spilled 4-750 bytes.
+TILE_ELEMENTS_FWD = 4096
+TILE_ELEMENTS_BWD = 2048
+NUM_WARPS_FWD = 4
+NUM_WARPS_BWD = 8
+# Registers per thread, pinned at the hardware's limit for every Triton kernel of the
+# toolkit: left to its own heuristic ptxas aimed lower and spilled (the backward: 128
+# registers and 4 bytes, bf16, d_state 128, sm_90; the step kernel: 64 registers and 32
+# bytes, fp16, d_state 128, sm_80); pinned, it took 199 and 90 and did not spill.
+MAX_REGISTERS = 255
 
 
 @triton.jit
@@ -316,12 +335,86 @@ def check_triton_device(tensor, name):
                        f"under TRITON_INTERPRET=1), got a tensor on {tensor.device}")
 
 
-def _block_e(channels_per_group):
-    """Largest power of two <= MAX_BLOCK_E dividing E/G, so a block reads one B/C group."""
-    block = MAX_BLOCK_E
-    while channels_per_group % block:
-        block //= 2
-    return block
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch, planned but not run: ``kernel[grid](*args, **kwargs)``.
+
+    The launchers run it; ``bench.triton_aot`` compiles the same plan ahead of time.
+    """
+    kernel: Any
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    def run(self):
+        self.kernel[self.grid](*self.args, **self.kwargs)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Meta-parameters of the scan kernels for one (d_state, channels per group)."""
+    block_n: int         # BLOCK_N: d_state padded to a power of two
+    chunk: int           # CHUNK (T): steps per chunk; also the checkpoint spacing
+    block_e_fwd: int     # BLOCK_E of the forward: channels per program, all in one B/C group
+    block_e_bwd: int     # BLOCK_E of the backward
+    num_warps_fwd: int
+    num_warps_bwd: int
+
+
+def state_block_n(d_state):
+    """BLOCK_N for ``d_state``: the next power of two, at least MIN_BLOCK_N.
+
+    Raises ValueError above MAX_D_STATE, where no configuration stays within the
+    register budget.
+    """
+    if d_state > MAX_D_STATE:
+        raise ValueError(f"the Triton kernels take d_state <= {MAX_D_STATE}, got {d_state} "
+                         "(larger states do not fit a program's registers)")
+    return max(MIN_BLOCK_N, triton.next_power_of_2(d_state))
+
+
+def _block_e(channels_per_group, block_n, chunk, budget):
+    """Largest power of two <= MAX_BLOCK_E dividing E/G (a block reads one B/C group) whose
+    (BLOCK_E, BLOCK_N, CHUNK) tile is within ``budget`` elements (1 at least)."""
+    block_e = MAX_BLOCK_E
+    while channels_per_group % block_e or (block_e > 1 and block_e * block_n * chunk > budget):
+        block_e //= 2
+    return block_e
+
+
+def scan_config(d_state, channels_per_group):
+    """The configuration the scan launchers choose for ``d_state`` and E/G.
+
+    CHUNK: CHUNK_SIZE, or less where one channel's tile would exceed TILE_ELEMENTS_BWD (but
+    at least MIN_CHUNK); it is shared by both directions, being the checkpoint spacing.
+    BLOCK_E: per direction, within TILE_ELEMENTS_FWD / TILE_ELEMENTS_BWD.
+
+    >>> scan_config(16, 1536)
+    ScanConfig(block_n=16, chunk=64, block_e_fwd=4, block_e_bwd=2, num_warps_fwd=4, num_warps_bwd=8)
+    """
+    block_n = state_block_n(d_state)
+    chunk = min(CHUNK_SIZE, max(MIN_CHUNK, TILE_ELEMENTS_BWD // block_n))
+    return ScanConfig(block_n, chunk,
+                      _block_e(channels_per_group, block_n, chunk, TILE_ELEMENTS_FWD),
+                      _block_e(channels_per_group, block_n, chunk, TILE_ELEMENTS_BWD),
+                      NUM_WARPS_FWD, NUM_WARPS_BWD)
+
+
+def scan_configs():
+    """Every configuration the launchers can choose (CHUNK_SIZE as set), with an example.
+
+    Returns:
+        list of (d_state, channels_per_group, ScanConfig), one per distinct configuration,
+        the example being shapes for which :func:`scan_config` picks it.
+    """
+    found = {}
+    block_n = MIN_BLOCK_N
+    while block_n <= MAX_D_STATE:
+        for channels_per_group in (64, 66, 65):    # divisible by 4, by 2 only, odd
+            config = scan_config(block_n, channels_per_group)
+            found.setdefault(config, (block_n, channels_per_group, config))
+        block_n *= 2
+    return list(found.values())
 
 
 def _grouped(bc):
@@ -329,87 +422,109 @@ def _grouped(bc):
     return bc.unsqueeze(1) if bc.dim() == 3 else bc
 
 
-def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-              save_checkpoints, chunk):
-    """Launch the forward kernel.
+def scan_fwd_launch(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                    save_checkpoints, config):
+    """Allocate the forward's outputs and plan its launch.
 
     Args:
         u, delta, z: (B, E, L). A: (E, N). B, C: (B, G, N, L). D, delta_bias: (E,).
-        initial_state: (B, E, N) or None. chunk: T, a power of two.
+        initial_state: (B, E, N) or None. config: a :class:`ScanConfig`.
 
     Returns:
-        y (B, E, L) in u's dtype, final state (B, E, N) fp32, and the states entering each
-        chunk (B, E, ceil(L / T), N) fp32 (an empty tensor unless ``save_checkpoints``).
+        (y, final_state, ckpt), Launch. y (B, E, L) in u's dtype, final state (B, E, N)
+        fp32, and the states entering each chunk (B, E, ceil(L / T), N) fp32 (an empty
+        tensor unless ``save_checkpoints``); all written when the launch runs.
     """
     batch, d_inner, length = u.shape
     d_state, groups = A.shape[1], B.shape[1]
-    channels_per_group = d_inner // groups
-    block_e = _block_e(channels_per_group)
-    n_chunks = triton.cdiv(length, chunk)
+    n_chunks = triton.cdiv(length, config.chunk)
     y = torch.empty_like(u, memory_format=torch.contiguous_format)
     final_state = u.new_empty(batch, d_inner, d_state, dtype=torch.float32)
     ckpt = u.new_empty(batch, d_inner, n_chunks if save_checkpoints else 0, d_state,
                        dtype=torch.float32)
     z_strides = z.stride() if z is not None else (0, 0, 0)
     h0_strides = initial_state.stride() if initial_state is not None else (0, 0, 0)
-    grid = (batch, d_inner // block_e)
-    _scan_fwd_kernel[grid](
+    args = (
         u, delta, A, B, C, D, z, delta_bias, initial_state,
         y, final_state, ckpt,
-        length, d_state, channels_per_group, n_chunks,
+        length, d_state, d_inner // groups, n_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
-        *z_strides, *h0_strides, *y.stride(), *final_state.stride(), *ckpt.stride(),
+        *z_strides, *h0_strides, *y.stride(), *final_state.stride(), *ckpt.stride())
+    kwargs = dict(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         HAS_H0=initial_state is not None, DELTA_SOFTPLUS=delta_softplus,
         SAVE_CKPT=save_checkpoints,
-        BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
-        num_warps=NUM_WARPS,
-    )
-    return y, final_state, ckpt
+        BLOCK_E=config.block_e_fwd, BLOCK_N=config.block_n, CHUNK=config.chunk,
+        num_warps=config.num_warps_fwd, maxnreg=MAX_REGISTERS)
+    launch = Launch(_scan_fwd_kernel, (batch, d_inner // config.block_e_fwd), args, kwargs)
+    return (y, final_state, ckpt), launch
 
 
-def _scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus, chunk):
-    """Launch the backward kernel.
+def scan_bwd_launch(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus,
+                    config):
+    """Allocate the backward's outputs and plan its launch.
 
     Args:
         dy: (B, E, L) gradient of y. d_final: (B, E, N) gradient of the final state.
-        u, delta, A, B, C, D, z, delta_bias: as for :func:`_scan_fwd` (B, C grouped).
-        ckpt: (B, E, ceil(L / T), N) states saved by the forward.
+        u, delta, A, B, C, D, z, delta_bias: as for :func:`scan_fwd_launch` (B, C grouped).
+        ckpt: (B, E, ceil(L / T), N) states saved by the forward with the same ``config``.
 
     Returns:
-        du, ddelta, dz (B, E, L) fp32 (dz None without z); dA (E, N), dB, dC (B, G, N, L),
-        dD, ddelta_bias (E,) (None when absent), d_initial_state (B, E, N); all fp32.
+        (du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0), Launch. du, ddelta,
+        dz (B, E, L) (dz None without z); dA_part, dh0 (B, E, N); dB, dC (B, G, N, L)
+        zeroed (the kernel adds into them); dD_part, dbias_part (B, E) or None; all fp32,
+        the ``_part`` ones still to be summed over the batch.
     """
     batch, d_inner, length = u.shape
     d_state, groups = A.shape[1], B.shape[1]
-    channels_per_group = d_inner // groups
-    block_e = _block_e(channels_per_group)
-    n_chunks = ckpt.shape[2]
     f32 = dict(dtype=torch.float32, device=u.device)
     du = torch.empty(batch, d_inner, length, **f32)
     ddelta = torch.empty_like(du)
     dz = torch.empty_like(du) if z is not None else None
     dB = torch.zeros(batch, groups, d_state, length, **f32)
     dC = torch.zeros_like(dB)
-    dA_part = torch.empty(batch, d_inner, d_state, **f32)   # summed over batch below
+    dA_part = torch.empty(batch, d_inner, d_state, **f32)
     dh0 = torch.empty_like(dA_part)
     dD_part = torch.empty(batch, d_inner, **f32) if D is not None else None
     dbias_part = torch.empty(batch, d_inner, **f32) if delta_bias is not None else None
     z_strides = z.stride() if z is not None else (0, 0, 0)
-    grid = (batch, d_inner // block_e)
-    _scan_bwd_kernel[grid](
+    args = (
         u, delta, A, B, C, D, z, delta_bias, ckpt,
         dy, d_final,
         du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0,
-        length, d_state, channels_per_group, n_chunks,
+        length, d_state, d_inner // groups, ckpt.shape[2],
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_strides,
         *ckpt.stride(), *dy.stride(), *d_final.stride(), *du.stride(), *dB.stride(),
-        *dA_part.stride(), d_inner, 1,
+        *dA_part.stride(), d_inner, 1)
+    kwargs = dict(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=delta_softplus,
-        BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(d_state), CHUNK=chunk,
-        num_warps=NUM_WARPS,
-    )
+        BLOCK_E=config.block_e_bwd, BLOCK_N=config.block_n, CHUNK=config.chunk,
+        num_warps=config.num_warps_bwd, maxnreg=MAX_REGISTERS)
+    launch = Launch(_scan_bwd_kernel, (batch, d_inner // config.block_e_bwd), args, kwargs)
+    return (du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0), launch
+
+
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+              save_checkpoints, config):
+    """Run the forward kernel; returns y, final state, checkpoints (see scan_fwd_launch)."""
+    outputs, launch = scan_fwd_launch(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                      delta_softplus, save_checkpoints, config)
+    launch.run()
+    return outputs
+
+
+def _scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus, config):
+    """Run the backward kernel.
+
+    Returns:
+        du, ddelta, dz (B, E, L) fp32 (dz None without z); dA (E, N), dB, dC (B, G, N, L),
+        dD, ddelta_bias (E,) (None when absent), d_initial_state (B, E, N); all fp32.
+    """
+    grads, launch = scan_bwd_launch(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt,
+                                    delta_softplus, config)
+    launch.run()
+    du, ddelta, dz, dA_part, dB, dC, dD_part, dbias_part, dh0 = grads
     dD = dD_part.sum(0) if D is not None else None
     dbias = dbias_part.sum(0) if delta_bias is not None else None
     return du, ddelta, dz, dA_part.sum(0), dB, dC, dD, dbias, dh0
@@ -419,17 +534,17 @@ class SelectiveScanFn(torch.autograd.Function):
     """Autograd over the Triton kernels; outputs (y, final_state)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, config):
         B_g, C_g = _grouped(B), _grouped(C)
         needs_grad = any(ctx.needs_input_grad)
         # An unused output's gradient comes as None (materialised zeros may lack storage,
         # which the interpreter cannot copy).
         ctx.set_materialize_grads(False)
         y, final_state, ckpt = _scan_fwd(u, delta, A, B_g, C_g, D, z, delta_bias, initial_state,
-                                         delta_softplus, needs_grad, chunk)
+                                         delta_softplus, needs_grad, config)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B_g, C_g, D, z, delta_bias, ckpt)
-            ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
+            ctx.delta_softplus, ctx.config = delta_softplus, config
             ctx.bc_shapes = (B.shape, C.shape)
             ctx.initial_state_dtype = initial_state.dtype if initial_state is not None else None
         return y, final_state
@@ -443,7 +558,7 @@ class SelectiveScanFn(torch.autograd.Function):
             d_final = u.new_zeros(ckpt.shape[0], ckpt.shape[1], ckpt.shape[3], dtype=torch.float32)
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = _scan_bwd(
             dy, d_final, u, delta, A, B_g, C_g, D, z, delta_bias, ckpt,
-            ctx.delta_softplus, ctx.chunk)
+            ctx.delta_softplus, ctx.config)
         B_shape, C_shape = ctx.bc_shapes
 
         def cast(grad, like):
@@ -471,8 +586,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns:
         y (B, E, L) in u's dtype (accumulated in fp32), or (y, final_state) with the final
         state in fp32. Gradients reach every tensor argument, initial_state included.
-        Memory: besides inputs and outputs, one fp32 (B, E, N) state per CHUNK_SIZE steps
-        when gradients are needed.
+        Memory: besides inputs and outputs, one fp32 (B, E, N) state per CHUNK steps
+        (scan_config: 64 up to d_state 32, 8 at d_state 256) when gradients are needed.
 
     >>> y, h = selective_scan(u, delta, A, B, C, D, z, return_final_state=True)
     >>> y2 = selective_scan(u2, delta2, A, B2, C2, D, z2, initial_state=h)  # continues
@@ -482,6 +597,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if u.dtype == torch.float64:
         raise ValueError("selective_scan (triton): fp64 inputs are not supported; the kernels "
                          "accumulate in fp32 (use core.scan_reference.selective_scan_ref)")
+    config = scan_config(A.shape[1], u.shape[1] // _grouped(B).shape[1])
     y, final_state = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                           delta_softplus, CHUNK_SIZE)
+                                           delta_softplus, config)
     return (y, final_state) if return_final_state else y

@@ -9,10 +9,13 @@ token 1,000,000. The executable specification is
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import triton
 import triton.language as tl
 
-from .triton_scan import check_triton_device
+from .triton_scan import (MAX_D_STATE, MAX_REGISTERS, MIN_BLOCK_N, Launch,
+                          check_triton_device, state_block_n)
 
 MAX_BLOCK_E = 16
 NUM_WARPS = 4
@@ -103,6 +106,67 @@ def _check_args(state, x, dt, A, B, C, D, z, dt_bias):
     return batch, d_inner, d_state, groups
 
 
+@dataclass(frozen=True)
+class StateUpdateConfig:
+    """Meta-parameters of the step kernel for one (d_inner, d_state)."""
+    block_e: int         # BLOCK_E: channels per program (may span B/C groups)
+    block_n: int         # BLOCK_N: d_state padded to a power of two
+    num_warps: int
+
+
+def state_update_config(d_inner, d_state):
+    """The configuration the step launcher chooses: min(MAX_BLOCK_E, next power of two of E)
+    channels per program, BLOCK_N as the scan's (``triton_scan.state_block_n``)."""
+    return StateUpdateConfig(min(MAX_BLOCK_E, triton.next_power_of_2(d_inner)),
+                             state_block_n(d_state), NUM_WARPS)
+
+
+def state_update_configs():
+    """Every configuration the step launcher can choose, with an example.
+
+    Returns:
+        list of (d_inner, d_state, StateUpdateConfig), the example being shapes for which
+        :func:`state_update_config` picks it.
+    """
+    found = {}
+    d_state = MIN_BLOCK_N
+    while d_state <= MAX_D_STATE:
+        d_inner = 1
+        while d_inner <= MAX_BLOCK_E:
+            config = state_update_config(d_inner, d_state)
+            found.setdefault(config, (d_inner, d_state, config))
+            d_inner *= 2
+        d_state *= 2
+    return list(found.values())
+
+
+def state_update_launch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, config):
+    """Allocate y and plan the step kernel's launch.
+
+    Args:
+        state: (B, E, N). x, dt, z: (B, E). A: (E, N). B, C: (B, G, N). D, dt_bias: (E,).
+        config: a :class:`StateUpdateConfig`.
+
+    Returns:
+        y (B, E) in x's dtype (written, and ``state`` updated, when the launch runs), Launch.
+    """
+    batch, d_inner, d_state = state.shape
+    groups = B.shape[1]
+    y = x.new_empty(batch, d_inner)
+    z_strides = z.stride() if z is not None else (0, 0)
+    args = (
+        state, x, dt, A, B, C, D, z, dt_bias, y,
+        d_inner, d_state, d_inner // groups,
+        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(),
+        *z_strides, *y.stride())
+    kwargs = dict(
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
+        DT_SOFTPLUS=dt_softplus, BLOCK_E=config.block_e, BLOCK_N=config.block_n,
+        num_warps=config.num_warps, maxnreg=MAX_REGISTERS)
+    grid = (batch, triton.cdiv(d_inner, config.block_e))
+    return y, Launch(_state_update_kernel, grid, args, kwargs)
+
+
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False):
     """One step of the selective scan, in place on ``state``; the Triton kernel.
@@ -119,21 +183,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> state = torch.zeros(batch, d_inner, d_state, device="cuda")
     >>> y_t = selective_state_update(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_softplus=True)
     """
-    batch, d_inner, d_state, groups = _check_args(state, x, dt, A, B, C, D, z, dt_bias)
+    _, d_inner, d_state, _ = _check_args(state, x, dt, A, B, C, D, z, dt_bias)
     check_triton_device(state, "selective_state_update")
     if B.dim() == 2:
         B, C = B.unsqueeze(1), C.unsqueeze(1)                # (B, 1, N)
-    y = x.new_empty(batch, d_inner)
-    block_e = min(MAX_BLOCK_E, triton.next_power_of_2(d_inner))
-    z_strides = z.stride() if z is not None else (0, 0)
-    grid = (batch, triton.cdiv(d_inner, block_e))
-    _state_update_kernel[grid](
-        state, x, dt, A, B, C, D, z, dt_bias, y,
-        d_inner, d_state, d_inner // groups,
-        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(),
-        *z_strides, *y.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
-        DT_SOFTPLUS=dt_softplus, BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(d_state),
-        num_warps=NUM_WARPS,
-    )
+    y, launch = state_update_launch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                    state_update_config(d_inner, d_state))
+    launch.run()
     return y

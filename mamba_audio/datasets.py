@@ -52,9 +52,17 @@ def speakers_from_regex(files, pattern: str = FSDD_SPEAKER_REGEX, root=None
     group 1.
 
     Raises:
-        ValueError: naming the first file the pattern does not match.
+        ValueError: an invalid pattern or one without a group; naming the first file the
+            pattern does not match.
     """
-    regex = re.compile(pattern)
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"speaker regex {pattern!r} is not a valid regular expression: "
+                         f"{err}") from None
+    if not regex.groups:
+        raise ValueError(f"speaker regex {pattern!r} has no group: the speaker is the group "
+                         "named 'speaker', else group 1")
     group = "speaker" if "speaker" in regex.groupindex else 1
     speakers = {}
     for f in files:

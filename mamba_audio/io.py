@@ -6,13 +6,14 @@ read (an unsupported extension, a corrupt or empty file, a NaN or infinite sampl
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from mambaseq.core.atomic import atomic_file
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 NORMALIZE = ("peak", "none")
@@ -38,13 +39,15 @@ def load_audio(path, sample_rate: int | None = None, normalize: str = "none"
         (waveform (L,) float32 in about [-1, 1], rate).
 
     Raises:
-        AudioFileError: unsupported extension, unreadable/corrupt/empty file, NaN or inf.
+        AudioFileError: unsupported extension, unreadable/corrupt/empty/truncated file, NaN
+            or inf.
 
     >>> wav, sr = load_audio("0_jackson_0.wav", sample_rate=16000)    # doctest: +SKIP
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
     path = _check_path(path)
+    _check_wav_data_size(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)   # (L, channels)
     except (sf.LibsndfileError, RuntimeError) as err:
@@ -91,11 +94,33 @@ def save_audio(path, waveform: torch.Tensor, sample_rate: int, subtype: str = "P
         raise ValueError(f"{path}: refusing to write a waveform with NaN or inf samples")
     data = wav.clamp(-1.0, 1.0).numpy()
     data = data.T if data.ndim == 2 else data                            # (L, channels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
     return path
+
+
+def _check_wav_data_size(path: Path) -> None:
+    """Refuse a WAV whose ``data`` chunk is shorter than its header says (a cut-off copy or
+    download): libsndfile reads what is there without a word."""
+    if path.suffix.lower() != ".wav":
+        return
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return                                  # not RIFF/WAVE: soundfile says why
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            kind, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind == b"data":
+                held = size - f.tell()
+                if length != 0xFFFFFFFF and held < length:   # 0xFFFFFFFF: streamed, unknown
+                    raise AudioFileError(f"{path}: truncated: the header promises {length} "
+                                         f"bytes of samples, the file holds {held}")
+                return
+            f.seek(length + (length & 1), 1)        # chunks are padded to even sizes
 
 
 def _check_path(path) -> Path:

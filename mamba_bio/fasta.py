@@ -25,8 +25,34 @@ GENBANK_SUFFIXES = (".gb", ".gbk", ".genbank", ".gbff")
 
 
 def _check_exists(path: Path) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a sequence file")
     if not path.is_file():
         raise FileNotFoundError(f"sequence file not found: {path}")
+
+
+def _check_index(path: Path, fa: pyfaidx.Fasta) -> None:
+    """Raise unless every record of the .fai starts where the index says in ``path`` (a file
+    edited after indexing, with an older mtime, keeps a stale index that pyfaidx trusts)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        for name, rec in fa.faidx.index.items():
+            f.seek(max(0, rec.offset - 4096))
+            before = f.read(rec.offset - max(0, rec.offset - 4096))
+            header = before[:-1].rsplit(b"\n", 1)[-1]
+            fields = header[1:].split(maxsplit=1)
+            if (rec.bend > size or not before.endswith(b"\n") or not header.startswith(b">")
+                    or not fields or fields[0] != name.encode()):
+                raise ValueError(
+                    f"{fa.faidx.indexname}: stale index, record {name!r} is not at byte "
+                    f"{rec.offset} of {path} (the file changed after it was indexed); "
+                    "delete the index and run again")
+
+
+def _check_text(path: Path, err: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"{path}: not a text FASTA file (byte {err.object[err.start:err.start + 1]!r} "
+                      f"is not ASCII); is it binary or compressed with something other than "
+                      "gzip/bgzip?")
 
 
 def _writable_dir(folder: Path) -> bool:
@@ -121,10 +147,21 @@ class Genome:
                                      as_raw=True, **index_args)
         except pyfaidx.FastaIndexingError as err:
             raise ValueError(f"malformed FASTA {self.path}: {err}") from None
+        except UnicodeDecodeError as err:
+            raise _check_text(self.path, err) from None
+        except ValueError as err:
+            if "Duplicate key" not in str(err):
+                raise
+            raise ValueError(f"{self.path}: record name {str(err).split(None, 2)[-1]} appears "
+                             "more than once; record names must be unique") from None
         self.names = list(self._fa.keys())
         if not self.names:
             raise ValueError(f"empty FASTA {self.path}: no records")
+        if kind != "bgzf":
+            _check_index(fasta_path, self._fa)
         self.lengths = {n: len(self._fa[n]) for n in self.names}
+        if not any(self.lengths.values()):
+            raise ValueError(f"{self.path}: its records hold no bases (header lines only)")
 
     def fetch(self, name: str, start: int = 0, end: int | None = None, strand: str = "+") -> str:
         """Bases [start, end) of record ``name`` (end None = to the end); strand "-" gives
@@ -146,23 +183,40 @@ class Records:
         self.path = Path(path)
         _check_exists(self.path)
         opener = gzip.open if gzip_kind(self.path) else open
-        with opener(self.path, "rt") as handle:
-            first = handle.readline()
-            handle.seek(0)
-            stem = self.path.name.removesuffix(".gz").lower()
-            fmt = "genbank" if stem.endswith(GENBANK_SUFFIXES) or first.startswith("LOCUS") \
-                else "fasta"
-            if fmt == "fasta" and first.strip() and not first.startswith(">"):
-                raise ValueError(f"malformed FASTA {self.path}: line 1 does not start with "
-                                 f"'>' (found {first.strip()[:40]!r})")
-            try:
-                self._seqs = {r.id: str(r.seq) for r in SeqIO.parse(handle, fmt)}
-            except ValueError as err:
-                raise ValueError(f"malformed {fmt} file {self.path}: {err}") from None
+        try:
+            with opener(self.path, "rt") as handle:
+                fmt = self._read(handle)
+        except UnicodeDecodeError as err:
+            raise _check_text(self.path, err) from None
         if not self._seqs:
             raise ValueError(f"empty {fmt} file {self.path}: no records")
+        if not any(map(len, self._seqs.values())):
+            raise ValueError(f"{self.path}: its records hold no bases (header lines only)")
         self.names = list(self._seqs)
         self.lengths = {n: len(s) for n, s in self._seqs.items()}
+
+    def _read(self, handle) -> str:
+        """Parse every record of ``handle`` into ``self._seqs``; returns the format."""
+        first = handle.readline()
+        handle.seek(0)
+        stem = self.path.name.removesuffix(".gz").lower()
+        fmt = "genbank" if stem.endswith(GENBANK_SUFFIXES) or first.startswith("LOCUS") \
+            else "fasta"
+        if fmt == "fasta" and first.strip() and not first.startswith(">"):
+            raise ValueError(f"malformed FASTA {self.path}: line 1 does not start with "
+                             f"'>' (found {first.strip()[:40]!r})")
+        self._seqs = {}
+        try:
+            for r in SeqIO.parse(handle, fmt):
+                if r.id in self._seqs:
+                    raise ValueError(f"{self.path}: record name {r.id!r} appears more "
+                                     "than once; record names must be unique")
+                self._seqs[r.id] = str(r.seq)
+        except ValueError as err:
+            if str(err).startswith(str(self.path)):
+                raise
+            raise ValueError(f"malformed {fmt} file {self.path}: {err}") from None
+        return fmt
 
     def fetch(self, name: str, start: int = 0, end: int | None = None, strand: str = "+") -> str:
         """Bases [start, end) of record ``name``, reverse-complemented on strand "-"."""

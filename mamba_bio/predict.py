@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from mambaseq import core
-from . import heads  # noqa: F401  (registers MaskedLM: its folder gets the "not a classifier" error)
+from mambaseq.core.pretrained import core_models
+
+from .heads import MaskedLM
 from .tokenizers import TOKENIZER_FILE, CharTokenizer
 
 CLASSES_FILE = "classes.json"
@@ -49,7 +51,9 @@ def load_classifier(directory, device: str = "cpu"
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model folder not found: {directory}")
-    model = core.load_pretrained(directory, device=device)
+    # MaskedLM known too, so that pretrain-genome's mlm folder gets the "not a classifier" error
+    model = core.load_pretrained(directory, device=device,
+                                 classes={**core_models(), "MaskedLM": MaskedLM})
     if not isinstance(model, core.SequenceClassifier):
         raise ValueError(f"{directory} holds a {type(model).__name__}, not a species classifier "
                          "(give the model/ or a checkpoints/ folder of a classify-species run)")

@@ -108,10 +108,16 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, directory) -> "CharTokenizer":
-        """The tokenizer saved in ``directory``; the default one when there is none (the
-        vocabulary is fixed, only the input checks differ)."""
+        """The tokenizer saved in ``directory``; never a default one (a model trained with
+        ``strict`` or ``uppercase=False`` must not silently read inputs another way).
+
+        Raises:
+            FileNotFoundError: there is no ``directory/tokenizer.json``.
+        """
         path = Path(directory, TOKENIZER_FILE)
-        return cls.from_config(json.loads(path.read_text())) if path.is_file() else cls()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; the model folder has no tokenizer")
+        return cls.from_config(json.loads(path.read_text()))
 
     def encode_numpy(self, seq: str, source: str | None = None) -> np.ndarray:
         """seq (L chars) -> (L,) uint8 token ids; raises naming the first bad letter,

@@ -1,28 +1,46 @@
-"""Checkpoint directories that a kill at any moment cannot leave half-written.
+"""Model folders and checkpoints that a kill at any moment cannot leave half-written.
 
-A checkpoint is ``<out>/checkpoints/step_XXXXXXX/`` (or ``.../best/``) holding
+Every model folder the trainer writes, ``<out>/model/``, ``<out>/checkpoints/step_XXXXXXX/``
+and ``<out>/checkpoints/best/``, is self-contained (``from_pretrained`` and
+:func:`load_model` read any of them) and holds
 
     <model files>        whatever ``model.save_pretrained(dir)`` writes (JSON config +
-                         safetensors), so ``from_pretrained`` loads a checkpoint directly
+                         safetensors)
+    <assets>             the run's JSON assets: ``tokenizer.json`` (genome models),
+                         ``classes.json`` (classifiers); see :func:`model_assets`
+and, in a checkpoint only,
     trainer_state.pt     optimizer, scheduler, grad scaler, RNG states, step, counters:
                          tensors, numbers, lists and dicts only (loaded with weights_only=True)
     train_config.json    the TrainConfig of the run
     metrics.json         the latest training/validation metrics at that step
 
-Everything is written into ``.tmp-<name>-<pid>`` beside it and renamed into place last,
-so a directory called ``step_*`` or ``best`` is always complete.
+Each folder is written through ``core.atomic.atomic_dir`` (a temporary name, then a rename),
+so a folder called ``model``, ``step_*`` or ``best`` is always complete.
+
+Reading a model folder (what ``eval-genome``, ``embed`` and ``predict-species`` use):
+
+    model = load_model("runs/species/model")          # any model class of the toolkit
+    tokenizer = read_tokenizer("runs/species/model")  # CharTokenizer; error when absent
+    classes = read_classes("runs/species/model")      # ["human", "chimp", ...]
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from mambaseq.core.atomic import OLD_PREFIX, TMP_PREFIX, atomic_dir
+from mambaseq.core.pretrained import load_pretrained, load_weights
+
 STATE_FILE = "trainer_state.pt"
+TOKENIZER_FILE = "tokenizer.json"
+CLASSES_FILE = "classes.json"
 BEST = "best"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -32,38 +50,113 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
-def _save_model(model: torch.nn.Module, path: Path) -> None:
+# -- model folders ----------------------------------------------------------------------
+
+def model_classes() -> dict[str, type]:
+    """Every model class a toolkit model folder may hold, by the name in its config.json."""
+    from mambaseq.core.pretrained import core_models
+    from mambaseq.mamba_audio.model import AudioLM
+    from mambaseq.mamba_bio.heads import MaskedLM
+
+    return {**core_models(), "MaskedLM": MaskedLM, "AudioLM": AudioLM}
+
+
+def load_model(directory: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
+    """The model of a model folder or checkpoint, whatever toolkit class it is (eval mode).
+
+    Raises:
+        FileNotFoundError, ValueError: as ``core.load_pretrained``, naming the file.
+    """
+    return load_pretrained(directory, device=device, classes=model_classes())
+
+
+def model_assets(tokenizer=None, classes: list[str] | None = None) -> dict[str, object]:
+    """The JSON files that make a model folder self-contained, for ``train(..., assets=)``.
+
+    Args:
+        tokenizer: a tokenizer with ``to_config()`` (e.g. ``CharTokenizer``), or None.
+        classes: the class names of a classifier, in label order, or None.
+    Returns:
+        ``{"tokenizer.json": {...}, "classes.json": [...]}`` (the ones given).
+    """
+    assets: dict[str, object] = {}
+    if tokenizer is not None:
+        assets[TOKENIZER_FILE] = tokenizer.to_config()
+    if classes is not None:
+        assets[CLASSES_FILE] = list(classes)
+    return assets
+
+
+def _read_json(path: Path, what: str):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; a model folder needs its {what} "
+                                f"(written with the model by the training command)")
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def read_tokenizer(directory: str | os.PathLike):
+    """The ``CharTokenizer`` saved in a model folder's ``tokenizer.json``; never a default.
+
+    Raises:
+        FileNotFoundError: the folder has no tokenizer.json.
+        ValueError: tokenizer.json is not a character tokenizer config; names the file.
+    """
+    from mambaseq.mamba_bio.tokenizers import CharTokenizer
+
+    path = Path(directory) / TOKENIZER_FILE
+    config = _read_json(path, "tokenizer")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    try:
+        return CharTokenizer.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def read_classes(directory: str | os.PathLike) -> list[str]:
+    """The class names of a classifier's model folder (``classes.json``), in label order.
+
+    Raises:
+        FileNotFoundError: the folder has no classes.json.
+        ValueError: not a list of distinct strings; names the file.
+    """
+    path = Path(directory) / CLASSES_FILE
+    classes = _read_json(path, "class names")
+    if (not isinstance(classes, list) or not classes
+            or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes)):
+        raise ValueError(f"{path}: expected a non-empty list of distinct class names, "
+                         f"got {classes!r}")
+    return classes
+
+
+def _write_model(model: torch.nn.Module, path: Path, assets: dict | None) -> None:
+    """The model files and the assets into the (temporary) folder ``path``."""
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"{type(model).__name__} has no save_pretrained(dir); the trainer "
                         "saves models only through it")
     model.save_pretrained(str(path))
+    for name, obj in (assets or {}).items():
+        if Path(name).name != name or (path / name).exists():
+            raise ValueError(f"model asset {name!r}: not a plain file name, or a file the "
+                             "model writes itself")
+        (path / name).write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move the finished ``tmp`` to ``dest``; an existing ``dest`` is swapped out first."""
-    if dest.exists():
-        old = dest.parent / f".old-{dest.name}-{os.getpid()}"
-        os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, dest)
+def save_model_atomic(model: torch.nn.Module, dest: str | os.PathLike,
+                      assets: dict | None = None) -> Path:
+    """``model.save_pretrained`` plus ``assets`` (file name -> JSON) into ``dest``, atomically."""
+    with atomic_dir(dest) as tmp:
+        _write_model(model, tmp, assets)
+    return Path(dest)
 
 
-def save_model_atomic(model: torch.nn.Module, dest: str | os.PathLike) -> Path:
-    """``model.save_pretrained`` into ``dest`` through a temporary directory and a rename."""
-    dest = Path(dest)
-    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    _save_model(model, tmp)
-    _replace_dir(tmp, dest)
-    return dest
-
+# -- checkpoints --------------------------------------------------------------------------
 
 def write_checkpoint(root: str | os.PathLike, name: str, model: torch.nn.Module, state: dict,
-                     train_config: dict, metrics: dict) -> Path:
+                     train_config: dict, metrics: dict, assets: dict | None = None) -> Path:
     """Write one complete checkpoint directory ``root/name`` atomically.
 
     Args:
@@ -72,21 +165,23 @@ def write_checkpoint(root: str | os.PathLike, name: str, model: torch.nn.Module,
         model: unwrapped model with ``save_pretrained(dir)``.
         state: ``torch.save``-able dict of tensors, numbers, strings, lists, dicts.
         train_config, metrics: JSON-ready dicts.
+        assets: file name -> JSON-ready object (:func:`model_assets`).
     Returns:
         the checkpoint's path.
+    Raises:
+        OSError: "no space left on device while writing <path>" on a full disk; the
+            previous checkpoint of that name is kept and nothing temporary is left.
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _save_model(model, tmp)
-    (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    torch.save(state, tmp / STATE_FILE)  # last: its presence marks a finished write
-    dest = root / name
-    _replace_dir(tmp, dest)
+    dest = Path(root) / name
+    # Serialised in memory first: torch.save on a full disk fails with "unexpected pos",
+    # a plain write with ENOSPC, which atomic_dir reports by name.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_dir(dest) as tmp:
+        _write_model(model, tmp, assets)
+        (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / STATE_FILE).write_bytes(buffer.getvalue())
     return dest
 
 
@@ -116,16 +211,19 @@ def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> None:
 
 
 def clean_stale(root: str | os.PathLike) -> None:
-    """Remove what a killed writer left: ``.tmp-*`` directories; an ``.old-best-*`` swapped
-    out just before the kill is put back when ``best`` is missing."""
+    """Remove what a killed writer left: ``.tmp-*`` folders and files; an ``.old-<name>-<pid>``
+    swapped out just before the kill is put back when ``<name>`` is missing."""
     root = Path(root)
     if not root.is_dir():
         return
     for p in root.iterdir():
-        if p.name.startswith(".tmp-"):
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith(".old-"):
-            original = root / p.name[len(".old-"):].rsplit("-", 1)[0]
+        if p.name.startswith(TMP_PREFIX):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)        # an atomic_file's, e.g. config.json's
+        elif p.name.startswith(OLD_PREFIX):
+            original = root / p.name[len(OLD_PREFIX):].rsplit("-", 1)[0]
             if original.exists():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -133,8 +231,26 @@ def clean_stale(root: str | os.PathLike) -> None:
 
 
 def load_state(path: str | os.PathLike) -> dict:
-    """The ``trainer_state.pt`` of checkpoint ``path`` (weights_only: no code runs)."""
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    """The ``trainer_state.pt`` of checkpoint ``path`` (weights_only: no code runs).
+
+    Raises:
+        ValueError: the file holds anything but tensors, numbers, strings, lists and dicts
+            (it is not trusted and not loaded), or is not a readable trainer state; the
+            message names the file.
+    """
+    file = Path(path) / STATE_FILE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # PyTorch's own message suggests weights_only=False, which would run the file's code.
+        raise ValueError(f"{file}: checkpoint not trusted: it holds objects other than "
+                         "tensors, numbers, strings, lists and dicts, so it is not loaded") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{file}: not a readable trainer state (truncated or another "
+                         f"format: {str(err).splitlines()[0] if str(err) else err!r})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{file}: not a trainer state (no step counter)")
+    return state
 
 
 def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
@@ -144,12 +260,10 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
 
     Raises:
         FileNotFoundError: no or several safetensors files.
-        RuntimeError: the weights do not fit the model (missing or unexpected names).
+        ValueError: the weights do not fit the model, or the file is not safetensors.
     """
-    from safetensors.torch import load_model
-
     files = sorted(Path(path).glob("*.safetensors"))
     if len(files) != 1:
         raise FileNotFoundError(f"checkpoint {path} should hold one .safetensors weights file, "
                                 f"found {[f.name for f in files]}")
-    load_model(model, files[0], strict=True)
+    load_weights(model, files[0])

@@ -149,16 +149,18 @@ def _convert(action: argparse.Action, key: str, value, path):
 
 
 def _convert_one(action: argparse.Action, where: str, value):
-    if value is not None and action.type is not None:
-        if isinstance(value, str):
-            try:
-                value = action.type(value)
-            except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
-                raise ValueError(f"{where}: invalid value {value!r}: {e}") from e
-        elif action.type is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = float(value)
-        elif action.type is int and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+    """A config value goes through the option's type exactly as its text would on the command
+    line (``steps: true`` and ``seq_len: 128.7`` are refused like ``--steps true``)."""
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"{where}: expected a single "
+                             f"{getattr(action.type, '__name__', 'string').lstrip('_')} value, "
+                             f"got {value!r}")
+        text = value if isinstance(value, str) else repr(value)
+        try:
+            value = action.type(text) if action.type is not None else text
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"{where}: invalid value {value!r}: {e}") from e
     if action.choices is not None and value not in action.choices:
         raise ValueError(f"{where}: {value!r} is not one of {list(action.choices)}")
     return value
@@ -207,22 +209,65 @@ def resolved_config(parser: argparse.ArgumentParser, args: argparse.Namespace, c
     return config
 
 
+def check_run_dir(out, config: dict) -> None:
+    """Refuse, before anything is written, a training run that would clobber or corrupt the
+    run in ``out``: a new run where checkpoints exist, or a ``--resume`` whose options differ
+    from the run's own ``config.json`` (beyond ``options.RESUME_MAY_CHANGE``).
+
+    Raises:
+        FileExistsError, ValueError: naming the folder or the option.
+    """
+    from .checkpoint import list_checkpoints
+    from .options import check_resume_options
+
+    out = Path(out)
+    if not config.get("resume"):
+        if list_checkpoints(out / "checkpoints"):
+            raise FileExistsError(f"{out / 'checkpoints'} already holds checkpoints; pass "
+                                  "--resume to continue that run or choose another --out")
+        return
+    saved_path = out / "config.json"
+    if saved_path.is_file():
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{saved_path}: not valid JSON ({e}); cannot check --resume") from None
+        check_resume_options(saved, config, saved_path)
+
+
 def prepare_out_dir(out, config: dict) -> None:
-    """Create ``out`` and write ``config.json`` there (temp file + rename); rank 0 only.
+    """Create ``out`` and write ``config.json`` there (temp file + rename).
 
     Raises:
         ValueError: ``out`` is not a directory that can be created and written.
     """
-    if os.environ.get("RANK", "0") != "0":  # torchrun: one writer
-        return
+    from mambaseq.core.atomic import atomic_file
+
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".config.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, out / "config.json")
+        with atomic_file(out / "config.json") as tmp:
+            tmp.write_text(json.dumps(config, indent=2) + "\n")
     except OSError as e:
         raise ValueError(f"output directory {out} is not writable: {e.strerror or e}") from e
+
+
+def _run_in_out_dir(module, args, config: dict):
+    """``module.run(args)`` with ``--out`` checked, locked (training) and its config.json
+    written first; only the main process (torchrun rank 0) checks, locks and writes."""
+    from .distributed import is_main_process
+    from .run_lock import lock_run_dir
+
+    out = getattr(args, "out", None)
+    if not out or not is_main_process():
+        return module.run(args)
+    if not hasattr(args, "resume"):            # not a training command: no run to protect
+        prepare_out_dir(out, config)
+        return module.run(args)
+    with lock_run_dir(out):
+        check_run_dir(out, config)
+        prepare_out_dir(out, config)
+        return module.run(args)
 
 
 def _summary(name: str) -> str:
@@ -284,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command = name
 
     try:
-        if getattr(args, "out", None):
-            prepare_out_dir(args.out, resolved_config(parser, args, name))
-        code = module.run(args)
+        code = _run_in_out_dir(module, args, resolved_config(parser, args, name))
     except KeyboardInterrupt:
         _error(prefix, "interrupted" + (" (continue with --resume)" if hasattr(args, "resume") else ""))
         return 130

@@ -34,7 +34,8 @@ from mambaseq.mamba_bio.metrics import (accuracy_by_length, classification_repor
                                         kmer_baseline, paired_comparison,
                                         plot_accuracy_vs_length, plot_confusion)
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
-from mambaseq.pipelines.checkpoint import BEST
+from mambaseq.pipelines.checkpoint import BEST, load_model, model_assets
+from mambaseq.pipelines.distributed import is_main_process
 from mambaseq.pipelines.options import TrainConfig, add_training_args
 from mambaseq.pipelines.trainer import seed_everything, train
 
@@ -125,8 +126,7 @@ def build_model(args, cfg, n_classes, tokenizer, init_from=None):
         d_state=args.d_state, ngram=args.ngram,
         ngram_letters=tokenizer.base_letters if args.ngram else None)
     if init_from:
-        import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
-        pre = core.load_pretrained(init_from)
+        pre = load_model(init_from)
         try:
             # with --ngram the pretrained base embedding is the token part of the new one
             target = model.embedding.token if args.ngram else model.embedding
@@ -236,13 +236,12 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
 
     seed_everything(cfg.seed)
     model = build_model(args, cfg, len(data.classes), tokenizer, init_from)
-    summary = train(model, classify_loss, data.get_batch, cfg, eval_fn=eval_fn)
-    tokenizer.save(summary["model_dir"])
-    Path(summary["model_dir"], "classes.json").write_text(json.dumps(data.classes) + "\n")
+    summary = train(model, classify_loss, data.get_batch, cfg, eval_fn=eval_fn,
+                    assets=model_assets(tokenizer, data.classes))
 
     # Score the checkpoint with the lowest validation loss when validation ran, else the final model.
     best = Path(summary["out"]) / "checkpoints" / BEST
-    scored = core.load_pretrained(best) if best.is_dir() else model.cpu()
+    scored = load_model(best) if best.is_dir() else model.cpu()
     train_x, train_y = data.fixed_windows("train", cfg.seq_len, args.baseline_per_class)
     return {"classes": data.classes, "labels": test_y,
             "pred": predict(scored, test_x, tokenizer, args.eval_tokens).argmax(1).numpy(),
@@ -305,7 +304,7 @@ def train_parts(args, cfg, species, tokenizer) -> list[dict]:
     return [train_and_score(args, cfg, species, tokenizer, by=args.split_by)]
 
 
-def write_length_results(report: dict, out: Path) -> None:
+def write_length_results(report: dict, out: Path, per_class: int) -> None:
     """OUT/accuracy_vs_length.json and .png from the report's "accuracy_vs_length" rows."""
     rows = report["accuracy_vs_length"]
     (out / "accuracy_vs_length.json").write_text(json.dumps(
@@ -313,8 +312,8 @@ def write_length_results(report: dict, out: Path) -> None:
          "rows": rows}, indent=2) + "\n")
     parts = len(rows[0]["per_part"])
     plot_accuracy_vs_length(rows, out / "accuracy_vs_length.png",
-                            title=f"{len(report['classes'])} species, test regions, "
-                                  f"{rows[0]['test_windows']} windows per length"
+                            title=f"{len(report['classes'])} species, tiles of the test regions "
+                                  f"(at most {per_class} per species and length)"
                                   + (f", {parts} runs" if parts > 1 else ""))
 
 
@@ -333,6 +332,8 @@ def run(args):
     species = {name: [open_sequences(f, decompress_gzip=args.decompress_gzip) for f in files]
                for name, files in parse_species(args.species).items()}
     parts = train_parts(args, cfg, species, tokenizer)
+    if not is_main_process():
+        return
     report = pooled_report(parts, args)
     out = Path(cfg.out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -348,7 +349,7 @@ def run(args):
         summary.update({k: report[k] for k in ("accuracy_sd", "baseline_accuracy_sd",
                                                f"{kind}_won")})
     if "accuracy_vs_length" in report:
-        write_length_results(report, out)
+        write_length_results(report, out, args.eval_per_class)
         summary["accuracy_vs_length"] = {r["length"]: [round(r["accuracy"], 4),
                                                        round(r["baseline_accuracy"], 4)]
                                          for r in report["accuracy_vs_length"]}

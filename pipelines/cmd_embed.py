@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mambaseq import core
-import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM with core.load_pretrained)
 from mambaseq.mamba_bio.embeddings import hidden_chunks, pooled_features
 from mambaseq.mamba_bio.fasta import open_sequences
-from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.checkpoint import load_model, read_tokenizer
+from mambaseq.pipelines.distributed import resolve_device
+from mambaseq.pipelines.options import positive_int
 
 HELP = "pooled (and per-position) embeddings of FASTA records from a trained model"
 
@@ -36,7 +36,7 @@ def add_arguments(parser):
     parser.add_argument("--pooling", choices=("mean", "max"), default="mean")
     parser.add_argument("--per-position", metavar="DIR", default=None,
                         help="also write per-position hidden states, one .npy per record")
-    parser.add_argument("--chunk-len", type=int, default=2 ** 14,
+    parser.add_argument("--chunk-len", type=positive_int, default=2 ** 14,
                         help="bases per forward chunk (memory bound)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--decompress-gzip", action="store_true")
@@ -67,8 +67,9 @@ def run(args):
     out = Path(args.out_file)
     if out.suffix not in (".npz", ".npy"):
         raise ValueError(f"--out must end in .npz or .npy, got {out}")
-    model = core.load_pretrained(args.model, device=args.device)
-    tokenizer = CharTokenizer.load(args.model)
+    device = resolve_device(args.device)          # names --device when there is no GPU
+    model = load_model(args.model, device=device)
+    tokenizer = read_tokenizer(args.model)
     source = open_sequences(args.fasta, decompress_gzip=args.decompress_gzip)
     pos_dir = Path(args.per_position) if args.per_position else None
     if pos_dir:
@@ -79,7 +80,7 @@ def run(args):
         if len(ids) == 0:
             raise ValueError(f"{args.fasta}:{name}: empty record")
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-        rows.append(embed_record(model, ids.to(args.device), args.chunk_len, args.pooling,
+        rows.append(embed_record(model, ids.to(device), args.chunk_len, args.pooling,
                                  pos_dir / f"{i}_{safe}.npy" if pos_dir else None))
     embeddings = np.stack(rows).astype(np.float32)                           # (n, F)
     out.parent.mkdir(parents=True, exist_ok=True)

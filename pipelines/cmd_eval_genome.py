@@ -13,11 +13,12 @@ import json
 from tqdm.auto import tqdm
 
 from mambaseq import core
-import mambaseq.mamba_bio.heads  # noqa: F401  (registers MaskedLM: an mlm model gets a clear error)
 from mambaseq.mamba_bio.bed import read_bed
 from mambaseq.mamba_bio.fasta import Window, open_sequences
 from mambaseq.mamba_bio.metrics import lm_metrics, lm_nll
-from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines.checkpoint import load_model, read_tokenizer
+from mambaseq.pipelines.distributed import resolve_device
+from mambaseq.pipelines.options import positive_int
 
 HELP = "perplexity and bits per base of a pretrained causal genome model on FASTA files"
 
@@ -28,7 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--fasta", required=True, nargs="+", help="FASTA file(s) to score")
     parser.add_argument("--bed", default=None,
                         help="score only these intervals (BED, for a single --fasta)")
-    parser.add_argument("--chunk-len", type=int, default=2 ** 14,
+    parser.add_argument("--chunk-len", type=positive_int, default=2 ** 14,
                         help="bases per forward chunk (memory bound)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--decompress-gzip", action="store_true",
@@ -36,13 +37,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    model = core.load_pretrained(args.model, device=args.device)
+    device = resolve_device(args.device)          # names --device when there is no GPU
+    model = load_model(args.model, device=device)
     if not isinstance(model, core.MambaLM):
         raise ValueError(f"{args.model} holds a {type(model).__name__}; eval-genome needs a "
                          "causal MambaLM (pretrain-genome --objective clm)")
     if args.bed and len(args.fasta) != 1:
         raise ValueError("--bed needs exactly one --fasta")
-    tokenizer = CharTokenizer.load(args.model)
+    tokenizer = read_tokenizer(args.model)
     jobs = []
     for path in args.fasta:
         source = open_sequences(path, decompress_gzip=args.decompress_gzip)
@@ -53,7 +55,7 @@ def run(args):
     for path, source, r in tqdm(jobs, unit="record", disable=len(jobs) < 2):
         ids = tokenizer.encode(source.fetch(r.name, r.start, r.end, r.strand), add_bos=True,
                                source=f"{path}:{r.name}:{r.start}")
-        nll, n = lm_nll(model, ids.to(args.device), chunk_len=args.chunk_len)
+        nll, n = lm_nll(model, ids.to(device), chunk_len=args.chunk_len)
         total, count = total + nll, count + n
     if count == 0:
         raise ValueError(f"no A/C/G/T bases to score in {', '.join(args.fasta)}")

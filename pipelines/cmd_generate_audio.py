@@ -3,13 +3,16 @@
     mambaseq generate-audio --model runs/audio/model --n 16 --seconds 1 --out gen/ \
         [--prime clip.wav --prime-seconds 0.25] [--temperature 1 --top-p 0.95] [--seed 0]
 
-Writes ``<out>/sample_000.wav``... at the model's rate, ``<out>/spectrograms.png`` (the
-first clips, beside ``--compare`` real clips when given), and prints one JSON object with the
-speed (``samples_per_second``, all clips together) and ``slowdown_last_vs_first``, the
-time per step of the last 1000 steps over the first 1000 (about 1: the cost of a step does
-not grow with the length generated). ``--score CLASSIFIER_DIR`` (a model written by
-train-word-classifier) adds ``scores``: the generated clips' Inception Score, modified IS,
-AM score and FID (``mamba_audio.gen_scores``).
+The ``--n`` clips are generated as one batch (every step advances all of them; priming too),
+under one progress bar with the samples/s. Writes ``<out>/sample_000.wav``... at the
+model's rate, ``<out>/spectrograms.png`` (the first clips, beside ``--compare`` real clips
+when given), and prints one JSON object with the speed (``samples_per_second``: generated
+samples of all clips per second of generation; ``samples_per_second_with_priming``: every
+sample stepped, priming included, per second of the whole run) and
+``slowdown_last_vs_first``, the time per step of the last 1000 steps over the first 1000
+(about 1: the cost of a step does not grow with the length generated). ``--score
+CLASSIFIER_DIR`` (a model written by train-word-classifier) adds ``scores``: the generated
+clips' Inception Score, modified IS, AM score and FID (``mamba_audio.gen_scores``).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from mambaseq.mamba_audio.model import AudioLM
 from mambaseq.mamba_audio.sampler import generate, save_clips
 
 from .distributed import resolve_device
+from .options import positive_float, positive_int
 
 HELP = "generate audio clips from a trained model (wav files + samples/s)"
 
@@ -34,9 +38,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", metavar="DIR", required=True,
                         help="a model directory written by train-audio (<out>/model)")
     parser.add_argument("--out", metavar="DIR", required=True, help="folder for the wavs")
-    parser.add_argument("--n", "--n-clips", dest="n", type=int, default=16,
+    parser.add_argument("--n", "--n-clips", dest="n", type=positive_int, default=16,
                         help="clips generated together (one batch)")
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of each clip")
+    parser.add_argument("--seconds", type=positive_float, default=1.0,
+                        help="length of each clip")
     parser.add_argument("--prime", metavar="FILE", default=None,
                         help="audio file whose start primes every clip (kept in the output)")
     parser.add_argument("--prime-seconds", type=float, default=0.25,
@@ -79,8 +84,9 @@ def run(args):
     generated = model.quantizer.decode(result.tokens[:, result.n_prime:])      # (B, L) float
     print(json.dumps({
         "files": [str(p) for p in paths], "sample_rate": rate, "samples": n_samples,
-        "primed_samples": result.n_prime,
+        "primed_samples": result.n_prime, "batch": args.n,
         "samples_per_second": round(result.samples_per_second, 1),
+        "samples_per_second_with_priming": round(result.samples_per_second_with_priming, 1),
         "slowdown_last_vs_first": round(float(steps[-window:].mean() / steps[:window].mean()),
                                         3),
         "generated": median_stats(list(generated)),

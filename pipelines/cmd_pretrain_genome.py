@@ -27,7 +27,9 @@ from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.heads import MaskedLM
 from mambaseq.mamba_bio.metrics import best_markov_perplexity, lm_metrics, lm_nll
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
-from mambaseq.pipelines.options import TrainConfig, add_training_args
+from mambaseq.pipelines.checkpoint import model_assets
+from mambaseq.pipelines.distributed import is_main_process
+from mambaseq.pipelines.options import TrainConfig, add_training_args, fraction
 from mambaseq.pipelines.trainer import seed_everything, train
 
 HELP = "pretrain a causal (clm) or masked (mlm) Mamba language model on a genome FASTA"
@@ -51,7 +53,7 @@ def add_arguments(parser):
     g.add_argument("--rc-equivariant", action="store_true",
                    help="mlm only: reverse-complement equivariant model (Caduceus-PS), which "
                         "initialises a classify-species --rc-invariant classifier")
-    g.add_argument("--val-fraction", type=float, default=0.1,
+    g.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the bases held out for validation")
     g.add_argument("--split-by", choices=("auto", "record", "position"), default="auto",
                    help="hold out whole records, or the end of every record")
@@ -138,8 +140,9 @@ def training_regions(args):
     return files, sources, splits
 
 
-def make_clm_eval(val_texts, tokenizer):
-    ids = [tokenizer.encode(t, add_bos=True) for t in val_texts]
+def make_clm_eval(val_texts, tokenizer, where):
+    """``where[i]``: "file:record:start" of ``val_texts[i]``, named by a bad-base error."""
+    ids = [tokenizer.encode(t, add_bos=True, source=w) for t, w in zip(val_texts, where)]
 
     def eval_fn(model):
         device = next(model.parameters()).device
@@ -181,7 +184,8 @@ def run(args):
                              d_state=args.d_state)
         loss_fn = clm_loss
         val_texts = region_text(sources, splits["val"], args.val_bases)
-        eval_fn = make_clm_eval(val_texts, tokenizer)
+        eval_fn = make_clm_eval(val_texts, tokenizer, [
+            f"{f}:{r.name}:{r.start}" for f, rs in zip(files, splits["val"]) for r in rs])
     else:
         model = MaskedLM(tokenizer.vocab_size, cfg.d_model, cfg.n_layer, d_state=args.d_state,
                          rc_equivariant=args.rc_equivariant,
@@ -189,8 +193,10 @@ def run(args):
         loss_fn = mlm_loss
         val_data = GenomeWindows(sources, splits["val"], rc_augment=False, **common)
         eval_fn = make_mlm_eval(val_data, cfg.seq_len)
-    summary = train(model, loss_fn, train_data.get_batch, cfg, eval_fn=eval_fn)
-    tokenizer.save(summary["model_dir"])
+    summary = train(model, loss_fn, train_data.get_batch, cfg, eval_fn=eval_fn,
+                    assets=model_assets(tokenizer))
+    if not is_main_process():
+        return
 
     report = {"objective": args.objective, "steps": summary["step"],
               "train_loss": summary["loss"], "val": summary["val"],

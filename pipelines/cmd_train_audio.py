@@ -24,7 +24,8 @@ from mambaseq.mamba_audio.io import NORMALIZE, load_audio
 from mambaseq.mamba_audio.model import PRESETS, AudioLM
 from mambaseq.mamba_audio.quantize import KINDS
 
-from .options import TrainConfig, add_training_args
+from .distributed import is_main_process
+from .options import TrainConfig, add_training_args, fraction, regex
 from .trainer import seed_everything, train
 
 HELP = "train a SaShiMi-Mamba autoregressive model on a folder of audio files"
@@ -37,7 +38,7 @@ def add_data_args(parser) -> None:
                    help="folder of .wav/.flac/.ogg files (searched recursively)")
     g.add_argument("--split-by", choices=SPLIT_BY, default="speaker",
                    help="hold out whole speakers, or a random share of the files")
-    g.add_argument("--speaker-regex", default=FSDD_SPEAKER_REGEX,
+    g.add_argument("--speaker-regex", type=regex, default=FSDD_SPEAKER_REGEX,
                    help="regex on each file's path below --data; group 'speaker' (or 1) is "
                         "the speaker (default: FSDD's {digit}_{speaker}_{take}.wav)")
     g.add_argument("--speakers-csv", metavar="CSV", default=None,
@@ -45,7 +46,7 @@ def add_data_args(parser) -> None:
     g.add_argument("--test-speakers", default=None, metavar="A,B",
                    help="comma-separated held-out speakers (default: a seeded random "
                         "--test-fraction of them)")
-    g.add_argument("--test-fraction", type=float, default=0.25,
+    g.add_argument("--test-fraction", type=fraction, default=0.25,
                    help="share of speakers (or files) held out when not named")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the random split")
     g.add_argument("--normalize", choices=NORMALIZE, default="peak",
@@ -134,15 +135,17 @@ def run(args):
                          "(the product of the pooling factors)")
     train_clips = AudioClips.from_files(train_files, rate, model.quantizer, args.normalize)
     val_clips = AudioClips.from_files(val_files, rate, model.quantizer, args.normalize)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "split.json").write_text(json.dumps(
-        {"train": [str(f) for f in train_files], "validation": [str(f) for f in val_files],
-         "test": [str(f) for f in test_files]},
-        indent=1) + "\n")
-    print(f"train-audio: {len(train_files)} train files ({train_clips.n_samples / rate:.0f} s), "
-          f"{len(val_files)} validation files ({val_clips.n_samples / rate:.0f} s), "
-          f"{len(test_files)} test files at {rate} Hz")
+    main = is_main_process()
+    if main:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "split.json").write_text(json.dumps(
+            {"train": [str(f) for f in train_files], "validation": [str(f) for f in val_files],
+             "test": [str(f) for f in test_files]},
+            indent=1) + "\n")
+        print(f"train-audio: {len(train_files)} train files "
+              f"({train_clips.n_samples / rate:.0f} s), {len(val_files)} validation files "
+              f"({val_clips.n_samples / rate:.0f} s), {len(test_files)} test files at {rate} Hz")
 
     def get_batch(index, seq_len, batch_size, rank, world_size):
         return train_clips.crops(index, seq_len, batch_size, rank, world_size, seed=cfg.seed)
@@ -159,4 +162,5 @@ def run(args):
         return {"val_loss": nats / count, "val_bits_per_sample": nats / count / math.log(2)}
 
     summary = train(model, lm_loss, get_batch, cfg, eval_fn=eval_fn)
-    print(json.dumps({k: summary[k] for k in ("step", "loss", "best_val_loss", "model_dir")}))
+    if main:
+        print(json.dumps({k: summary[k] for k in ("step", "loss", "best_val_loss", "model_dir")}))

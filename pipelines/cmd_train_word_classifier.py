@@ -30,6 +30,7 @@ from mambaseq.mamba_audio.datasets import load_word_clips, words_from_folders
 from mambaseq.mamba_audio.gen_scores import score_clips
 
 from .cmd_train_audio import add_data_args, add_validation_arg, split_from_args, validation_split
+from .distributed import is_main_process
 from .options import TrainConfig, add_training_args
 from .trainer import seed_everything, train
 
@@ -110,6 +111,8 @@ def run(args):
                 "val_accuracy": float((logits.argmax(-1) == val_ids).double().mean())}
 
     summary = train(model, loss_fn, get_batch, cfg, eval_fn=eval_fn)
+    if not is_main_process():           # torchrun: rank 0 alone fits, saves and reports
+        return
     model = model.cpu().eval()
     model.fit_reference(train_wavs)
     model.save_pretrained(summary["model_dir"])

@@ -124,3 +124,11 @@ def shutdown(ctx: DistContext) -> None:
     """Destroy the process group if ``init_distributed`` created it."""
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0: the one process that writes files and prints
+    (for code around ``train``, which has no ``DistContext``)."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"

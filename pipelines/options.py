@@ -8,6 +8,8 @@ and hands it to ``pipelines.trainer.train``.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from dataclasses import dataclass, fields
 
 
@@ -43,17 +45,74 @@ def _schedule_arg(text: str) -> str:
     return text
 
 
-def _positive_int(text: str) -> int:
+# argparse types: a bad value is refused with the option's name by argparse itself.
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a share strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def regex(text: str) -> str:
+    """argparse type: a valid Python regular expression (kept as text)."""
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"not a valid regular expression: {err}") from None
+    return text
+
+
+# Options that may differ on --resume: they change how long the run goes and what it writes,
+# not what it learns from (every other option must be the run's own).
+RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "log_every", "keep_last",
+                     "early_stop", "device")
+_NOT_AN_OPTION_OF_THE_RUN = ("resume", "out", "command")   # the folder may have moved
+
+
+def check_resume_options(saved: dict, now: dict, where) -> None:
+    """Refuse a resume whose options differ from the run's own, except ``RESUME_MAY_CHANGE``.
+
+    Args:
+        saved: the options the run was started with (its config.json / train_config.json).
+        now: the options of this invocation, same keys (dest names).
+        where: the file ``saved`` comes from, for the message.
+    Raises:
+        ValueError: naming the first option that changed, both values and the file.
+    """
+    for key in sorted(set(saved) & set(now)):   # an option added since is not a change
+        if (key in RESUME_MAY_CHANGE or key in _NOT_AN_OPTION_OF_THE_RUN
+                or saved.get(key) == now.get(key)):
+            continue
+        option = "--" + key.replace("_", "-")
+        raise ValueError(f"--resume: {option} is {now.get(key)!r} but the run in {where} used "
+                         f"{saved.get(key)!r}; resume with the run's own options (only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} "
+                         "may change) or start a new run in another --out")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (refuses nan and inf)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -63,34 +122,34 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", metavar="DIR", required=True,
                    help="output directory: config.json, metrics.jsonl, loss.png, "
                         "checkpoints/, model/")
-    g.add_argument("--steps", type=_positive_int, default=1000, metavar="N",
+    g.add_argument("--steps", type=positive_int, default=1000, metavar="N",
                    help="optimizer steps in the whole run")
-    g.add_argument("--batch-size", type=_positive_int, default=8,
+    g.add_argument("--batch-size", type=positive_int, default=8,
                    help="sequences per micro-batch on each process")
-    g.add_argument("--seq-len", type=_positive_int, default=1024,
+    g.add_argument("--seq-len", type=positive_int, default=1024,
                    help="tokens (or samples) per training sequence")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
+    g.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate of AdamW")
     g.add_argument("--weight-decay", type=float, default=0.1,
                    help="AdamW weight decay (never applied to norms, biases, A_log, D)")
-    g.add_argument("--warmup-steps", type=_non_negative_int, default=100,
+    g.add_argument("--warmup-steps", type=non_negative_int, default=100,
                    help="linear learning-rate warmup steps, then cosine decay")
     g.add_argument("--min-lr-ratio", type=float, default=0.1,
                    help="learning rate at the end of the cosine, as a fraction of --lr")
     g.add_argument("--grad-clip", type=float, default=1.0,
                    help="clip the global gradient norm to this (0 = no clipping)")
-    g.add_argument("--grad-accum", type=_positive_int, default=1,
+    g.add_argument("--grad-accum", type=positive_int, default=1,
                    help="micro-batches accumulated per optimizer step")
-    g.add_argument("--d-model", type=_positive_int, default=128, help="model width D")
-    g.add_argument("--n-layer", type=_positive_int, default=4, help="number of Mamba layers")
-    g.add_argument("--save-every", type=_non_negative_int, default=500, metavar="N",
+    g.add_argument("--d-model", type=positive_int, default=128, help="model width D")
+    g.add_argument("--n-layer", type=positive_int, default=4, help="number of Mamba layers")
+    g.add_argument("--save-every", type=non_negative_int, default=500, metavar="N",
                    help="write a checkpoint every N steps (0 = only at the end)")
-    g.add_argument("--eval-every", type=_non_negative_int, default=500, metavar="N",
+    g.add_argument("--eval-every", type=non_negative_int, default=500, metavar="N",
                    help="validate every N steps and at the end (0 = only at the end)")
-    g.add_argument("--keep-last", type=_positive_int, default=3, metavar="K",
+    g.add_argument("--keep-last", type=positive_int, default=3, metavar="K",
                    help="keep the K newest checkpoints (plus the best one)")
-    g.add_argument("--early-stop", type=_non_negative_int, default=0, metavar="P",
+    g.add_argument("--early-stop", type=non_negative_int, default=0, metavar="P",
                    help="stop after P validations without a better val_loss (0 = never)")
-    g.add_argument("--log-every", type=_positive_int, default=10, metavar="N",
+    g.add_argument("--log-every", type=positive_int, default=10, metavar="N",
                    help="append averaged training metrics to metrics.jsonl every N steps")
     g.add_argument("--seed", type=int, default=0, help="seed of the model init, data and dropout")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -99,11 +158,16 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="autocast dtype; auto = bf16 on GPUs that support it (else fp16), "
                         "fp32 on CPU")
     g.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --out/checkpoints")
+                   help="continue from the newest checkpoint in --out/checkpoints, with the "
+                        "run's own options: only --steps, --save-every, --eval-every, "
+                        "--log-every, --keep-last, --early-stop and --device may change")
     g.add_argument("--seq-len-schedule", type=_schedule_arg, default="", metavar="STAGES",
                    help="sequence-length warmup, comma-separated steps:seq_len:batch_size "
                         "stages run before --seq-len x --batch-size, e.g. "
                         "'100:1024:8,200:4096:2'")
+
+
+_FIELD_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 
 @dataclass
@@ -140,6 +204,11 @@ class TrainConfig:
         if isinstance(self.seq_len_schedule, str):
             self.seq_len_schedule = parse_seq_len_schedule(self.seq_len_schedule)
         self.seq_len_schedule = tuple(tuple(int(x) for x in s) for s in self.seq_len_schedule)
+        for f in fields(self):
+            value, kind = getattr(self, f.name), _FIELD_TYPES.get(f.type)
+            if kind is not None and (isinstance(value, bool) != (kind is bool)
+                                     or not isinstance(value, kind)):
+                raise ValueError(f"TrainConfig.{f.name} must be {f.type}, got {value!r}")
         if self.steps <= 0 or self.batch_size <= 0 or self.seq_len <= 0 or self.grad_accum <= 0:
             raise ValueError("steps, batch_size, seq_len and grad_accum must be positive")
         if self.device not in ("auto", "cpu", "cuda"):

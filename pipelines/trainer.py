@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .distributed import (DistContext, all_gather_objects, all_reduce_mean, all_reduce_sum,
                           barrier, broadcast_object, init_distributed, shutdown, wrap_model)
-from .options import TrainConfig
+from .options import TrainConfig, check_resume_options
+from .run_lock import lock_run_dir
 from .plotting import plot_metrics, read_metrics
 
 # AdamW betas of the Mamba paper's language-model recipe (Gu & Dao 2023, App. E.2, after GPT-3).
@@ -182,9 +183,10 @@ def _log(ctx: DistContext, message: str) -> None:
 class _Run:
     """The mutable state of one training run; ``train`` drives it."""
 
-    def __init__(self, model, loss_fn, get_batch, cfg: TrainConfig, eval_fn, ctx: DistContext):
+    def __init__(self, model, loss_fn, get_batch, cfg: TrainConfig, eval_fn, ctx: DistContext,
+                 assets: dict | None = None):
         self.model, self.loss_fn, self.get_batch, self.eval_fn = model, loss_fn, get_batch, eval_fn
-        self.cfg, self.ctx = cfg, ctx
+        self.cfg, self.ctx, self.assets = cfg, ctx, assets
         self.out = Path(cfg.out)
         self.ckpt_root = self.out / "checkpoints"
         self.metrics_path = self.out / "metrics.jsonl"
@@ -212,6 +214,7 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
+                "last_train": self.last_train, "last_val": self.last_val,
                 "rng": all_gather_objects(_rng_state(), self.ctx)}
 
     def resume(self) -> None:
@@ -223,13 +226,19 @@ class _Run:
         if latest is None:
             _log(self.ctx, f"--resume: no checkpoint in {self.ckpt_root}; starting at step 0")
             return
-        ckpt.load_model_weights(self.model, latest)
+        saved_cfg = Path(latest) / "train_config.json"
+        if saved_cfg.is_file():
+            check_resume_options(json.loads(saved_cfg.read_text()),
+                                 json.loads(json.dumps(dataclasses.asdict(self.cfg))), saved_cfg)
         state = ckpt.load_state(latest)
+        ckpt.load_model_weights(self.model, latest)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.best_val, self.bad_evals = state["best_val"], state["bad_evals"]
+        # what the summary reports when nothing is left to train (a finished run resumed)
+        self.last_train, self.last_val = state.get("last_train", {}), state.get("last_val", {})
         if state["world_size"] == self.ctx.world_size:
             _set_rng_state(state["rng"][self.ctx.rank])
         else:  # another process count: the data shards differ anyway, so reseed per rank
@@ -246,7 +255,7 @@ class _Run:
         if self.ctx.is_main:
             metrics = {"step": self.step, **self.last_train, **self.last_val}
             ckpt.write_checkpoint(self.ckpt_root, name, self.model, state,
-                                  dataclasses.asdict(self.cfg), metrics)
+                                  dataclasses.asdict(self.cfg), metrics, self.assets)
             ckpt.prune_checkpoints(self.ckpt_root, self.cfg.keep_last)
 
     # -- the steps ----------------------------------------------------------------------
@@ -316,7 +325,7 @@ class _Run:
 
 
 def train(model: torch.nn.Module, loss_fn: LossFn, get_batch: GetBatch, cfg: TrainConfig,
-          eval_fn: EvalFn | None = None) -> dict:
+          eval_fn: EvalFn | None = None, assets: dict | None = None) -> dict:
     """Train ``model`` for ``cfg.steps`` optimizer steps, resuming if ``cfg.resume``.
 
     Args:
@@ -334,32 +343,39 @@ def train(model: torch.nn.Module, loss_fn: LossFn, get_batch: GetBatch, cfg: Tra
         eval_fn: ``eval_fn(model) -> {"val_loss": float, ...}`` on the held-out split, run
             under ``torch.no_grad``, autocast and ``model.eval()`` on every rank (metrics are
             averaged over ranks); ``val_loss`` decides ``best`` and early stopping.
+        assets: JSON files written into every model folder (``model/``, each checkpoint)
+            inside its atomic write, so that each one is self-contained:
+            ``checkpoint.model_assets(tokenizer, classes)``.
     Returns:
         ``{"step", "loss", "tokens", "best_val_loss", "val", "stopped_early", "out",
         "model_dir"}``: last averaged training loss, last validation metrics, paths.
     Raises:
         FileExistsError: ``cfg.out`` already holds checkpoints and ``cfg.resume`` is off.
+        ValueError: on resume, an option changed that the run cannot take (see
+            ``options.RESUME_MAY_CHANGE``), or a checkpoint that cannot be trusted or read.
+        run_lock.RunFolderBusy: another process is training in ``cfg.out``.
         FloatingPointError: the loss became NaN or infinite.
     """
     ctx = init_distributed(cfg.device)
     try:
-        return _train(model, loss_fn, get_batch, cfg, eval_fn, ctx)
+        with lock_run_dir(cfg.out) if ctx.is_main else contextlib.nullcontext():
+            return _train(model, loss_fn, get_batch, cfg, eval_fn, ctx, assets)
     finally:
         shutdown(ctx)
 
 
-def _train(model, loss_fn, get_batch, cfg, eval_fn, ctx: DistContext) -> dict:
+def _train(model, loss_fn, get_batch, cfg, eval_fn, ctx: DistContext, assets) -> dict:
     out = Path(cfg.out)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale(out / "checkpoints")
+        ckpt.clean_stale(out)                 # a model/ swap cut short
     if not cfg.resume and broadcast_object(
             ctx.is_main and bool(ckpt.list_checkpoints(out / "checkpoints")), ctx):
         raise FileExistsError(f"{out / 'checkpoints'} already holds checkpoints; pass --resume "
                               "to continue that run or choose another --out")
     torch.manual_seed(cfg.seed + 1000 * ctx.rank)  # dropout etc.; ranks draw differently
 
-    run = _Run(model, loss_fn, get_batch, cfg, eval_fn, ctx)
+    run = _Run(model, loss_fn, get_batch, cfg, eval_fn, ctx, assets)
     if cfg.resume:
         run.resume()
     elif ctx.is_main:
@@ -374,35 +390,42 @@ def _train(model, loss_fn, get_batch, cfg, eval_fn, ctx: DistContext) -> dict:
                dynamic_ncols=True)
     t_start = time.perf_counter()
     window = _Window()
+
+    def log_window(done: int) -> None:
+        """Flush the open window into metrics.jsonl and ``run.last_train``."""
+        seq_len, batch_size = cfg.shape_at(done - 1)
+        run.last_train = {**window.flush(run, ctx), "seq_len": seq_len,
+                          "batch_size": batch_size, "tokens": run.tokens,
+                          "elapsed_s": time.perf_counter() - t_start}
+        if ctx.is_main:
+            _append_jsonl(run.metrics_path, {"step": done, **run.last_train})
+        bar.set_postfix(loss=f"{run.last_train['loss']:.4f}",
+                        tok_s=f"{run.last_train['tokens_per_s']:.0f}", seq=seq_len)
+
     stop = False
     while run.step < cfg.steps and not stop:
         window.add(*run.train_step(wrapped), micro_batches=cfg.grad_accum)
         bar.update(1)
         done = run.step
         final = done == cfg.steps
-        if done % cfg.log_every == 0 or final:
-            seq_len, batch_size = cfg.shape_at(done - 1)
-            run.last_train = {**window.flush(run, ctx), "seq_len": seq_len,
-                              "batch_size": batch_size, "tokens": run.tokens,
-                              "elapsed_s": time.perf_counter() - t_start}
-            if ctx.is_main:
-                _append_jsonl(run.metrics_path, {"step": done, **run.last_train})
-            bar.set_postfix(loss=f"{run.last_train['loss']:.4f}",
-                            tok_s=f"{run.last_train['tokens_per_s']:.0f}", seq=seq_len)
+        checkpoint_due = (cfg.save_every and done % cfg.save_every == 0) or final
+        # A checkpoint closes the window: its steps are logged, never lost on resume.
+        if done % cfg.log_every == 0 or checkpoint_due:
+            log_window(done)
         if eval_fn is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or final):
             stop = run.evaluate()
             if stop:
                 _log(ctx, f"early stop at step {done}: no better val_loss in "
                           f"{cfg.early_stop} validations (best {run.best_val:.4f})")
-        if (cfg.save_every and done % cfg.save_every == 0) or final or stop:
-            window.flush(run, ctx)  # a checkpoint's token count includes the open window
+        if checkpoint_due or stop:
+            if window.micro_batches:
+                log_window(done)
             run.save(ckpt.step_dir_name(done))
-            window.restart()
     bar.close()
 
     model_dir = out / "model"
     if ctx.is_main:
-        ckpt.save_model_atomic(model, model_dir)
+        ckpt.save_model_atomic(model, model_dir, assets)
         plot_metrics(run.metrics_path, out / "loss.png")
         _log(ctx, f"done at step {run.step}: model in {model_dir}, curves in {out / 'loss.png'}")
     barrier(ctx)

@@ -111,6 +111,11 @@ def test_bad_files_name_the_file(tmp_path):
     cases = [(empty, "empty"), (corrupt, "cannot decode"), (no_frames, "no samples"),
              (nan, "frame 37"), (mp3, "unsupported audio format"),
              (tmp_path / "missing.wav", "no such file")]
+    truncated = tmp_path / "truncated.wav"        # a cut-off copy: the header promises more
+    sf.write(truncated, _tone(1000, 8000), 8000, subtype="PCM_16")
+    truncated.write_bytes(truncated.read_bytes()[:1044])
+    cases += [(truncated, "truncated: the header promises 2000 bytes of samples, the file "
+                          "holds 1000")]
     for path, reason in cases:
         with pytest.raises(AudioFileError, match=reason) as info:
             load_audio(path)
@@ -172,6 +177,10 @@ def test_file_split_and_errors(demo_dir):
     with pytest.raises(ValueError, match="does not match") as info:
         speakers_from_regex(files, r"^(\w+)-\d+\.wav$")
     assert str(files[0]) in str(info.value)
+    for pattern, reason in (("(unclosed", "not a valid regular expression"),
+                            (r"\w+", "has no group")):
+        with pytest.raises(ValueError, match=reason):
+            speakers_from_regex(files, pattern)
 
 
 def test_speakers_from_csv(demo_dir, tmp_path):

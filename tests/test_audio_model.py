@@ -106,7 +106,8 @@ def test_stream_nll_bits_is_chunk_invariant(model):
 
 def test_save_and_load_pretrained(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
-    for loaded in (AudioLM.from_pretrained(tmp_path / "m"), core.load_pretrained(tmp_path / "m")):
+    for loaded in (AudioLM.from_pretrained(tmp_path / "m"),
+                   core.load_pretrained(tmp_path / "m", classes={"AudioLM": AudioLM})):
         assert isinstance(loaded, AudioLM)
         assert loaded.sample_rate == 8000 and loaded.quantizer == model.quantizer
         tok = _tokens(1, 40)
@@ -133,6 +134,19 @@ def test_generation_is_deterministic_and_primed(model, tmp_path):
     wav, rate = load_audio(paths[0])
     assert len(paths) == 3 and rate == 8000 and wav.shape == (40,)
     assert torch.allclose(wav, model.quantizer.decode(a.tokens[0]), atol=1e-4)
+
+
+def test_a_batch_of_clips_equals_each_clip_alone(model):
+    """The clips of one batch are independent streams: greedy clips from different primes,
+    generated together, are those generated one at a time."""
+    primes = _tokens(3, 21, seed=4)
+    together = generate(model, n_clips=3, n_samples=30, temperature=0, prime=primes,
+                        progress=False)
+    assert together.prime_seconds > 0 and together.samples_per_second_with_priming > 0
+    for i in range(3):
+        alone = generate(model, n_clips=1, n_samples=30, temperature=0, prime=primes[i:i + 1],
+                         progress=False)
+        assert torch.equal(together.tokens[i], alone.tokens[0])
 
 
 def test_generation_cache_does_not_grow_with_length(model):

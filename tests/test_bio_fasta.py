@@ -81,6 +81,36 @@ def test_empty_or_malformed_fasta_names_the_file(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.fa"):
         open_sequences(tmp_path / "nope.fa")
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a directory"):
+        open_sequences(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b">x\n" + bytes(range(128, 256)) + b"\n", "not a text FASTA file"),
+    (b">a\nACGT\n>a\nGGCC\n", "record name .a. appears more than once"),
+    (b">a\n>b\n", "hold no bases"),
+])
+def test_bad_fasta_names_the_file(tmp_path, content, message):
+    for name in ("bad.fa", "bad.fasta.gz"):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(content) if name.endswith(".gz") else content)
+        reader = Genome if not name.endswith(".gz") else Records
+        with pytest.raises(ValueError, match=message) as info:
+            reader(path)
+        assert str(path) in str(info.value)
+
+
+def test_stale_index_is_blamed_not_the_data(tmp_path):
+    """A file edited after indexing whose mtime is older than the .fai's."""
+    import os
+    path = tmp_path / "g.fa"
+    path.write_text(">a\n" + "ACGT" * 50 + "\n")
+    assert Genome(path).fetch("a", 0, 4) == "ACGT"
+    stamp = path.stat().st_mtime
+    path.write_text(">z\nTTTTTTTT\n>a\n" + "ACGT" * 50 + "\n")
+    os.utime(path, (stamp - 100, stamp - 100))
+    with pytest.raises(ValueError, match=r"g\.fa\.fai: stale index, record 'a' is not at byte 3"):
+        Genome(path)
 
 
 def test_multi_record_fasta_and_genbank(fasta, tmp_path):

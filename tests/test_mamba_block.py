@@ -101,4 +101,6 @@ def test_bf16_module_runs_and_keeps_fp32_ssm_state():
     assert y.dtype == torch.bfloat16 and state.ssm.dtype == torch.float32
     ref = core.Mamba(d_model=16)
     ref.load_state_dict({k: v.float() for k, v in blk.state_dict().items()})
-    torch.testing.assert_close(y.float(), ref(x.float()), rtol=0.1, atol=0.05)
+    expected = ref(x.float())
+    # bf16 keeps 8 bits of mantissa: ~0.4% relative error here; an output off by 3% fails
+    assert ((y.float() - expected).norm() / expected.norm()).item() < 0.02

@@ -110,10 +110,35 @@ def test_loading_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown config fields"):
         load_pretrained(tmp_path / "bb")
     cfg.write_text(json.dumps({**payload, "config": {**payload["config"], "n_layer": 2}}))
-    with pytest.raises(RuntimeError):                       # weights do not fit: strict
-        load_pretrained(tmp_path / "bb")
+    with pytest.raises(ValueError, match="model.safetensors: the weights do not fit"):
+        load_pretrained(tmp_path / "bb")                    # strict, one line
     with pytest.raises(FileNotFoundError):
         load_pretrained(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("config, message", [
+    ("{not json", r"config.json: not valid JSON"),
+    ('{"class": "MambaLM"}', r"config.json: missing key 'config'"),
+    ('{"class": "MambaLM", "config": {"vocab_size": 6}}',
+     r"config.json: the config does not build a MambaLM: .*d_model"),
+    ('{"class": "MambaLM", "config": {"vocab_size": 6, "d_model": "wide", "n_layer": 1}}',
+     r"config.json: the config does not build a MambaLM"),
+])
+def test_bad_config_json_names_the_file(tmp_path, config, message):
+    MambaLM(6, D, 1).save_pretrained(tmp_path / "lm")
+    (tmp_path / "lm" / "config.json").write_text(config)
+    with pytest.raises(ValueError, match=message):
+        load_pretrained(tmp_path / "lm")
+
+
+def test_bad_weights_name_the_file(tmp_path):
+    MambaLM(6, D, 1).save_pretrained(tmp_path / "lm")
+    weights = tmp_path / "lm" / "model.safetensors"
+    whole = weights.read_bytes()
+    for data in (whole[: len(whole) // 2], b"PK\x03\x04 a zip, not safetensors"):
+        weights.write_bytes(data)
+        with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors"):
+            load_pretrained(tmp_path / "lm")
 
 
 def test_unregistered_pooling_cannot_be_saved(tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 from mambaseq import core
 from mambaseq.core.scan_reference import selective_scan_ref
+from mambaseq.kernels import cpu_scan
 from mambaseq.kernels.cpu_scan import CHECKPOINT_CHUNK, selective_scan_cpu
 
 
@@ -72,6 +73,57 @@ def test_gradients_match_reference_fp64(shape):
         grads[fn] = torch.autograd.grad(loss, [leaves[k] for k in names])
     for name, got, want in zip(names, grads[selective_scan_cpu], grads[selective_scan_ref]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
+
+
+def _grads(fn, inputs, seed=1):
+    """y, final state and every input's gradient of a random projection of (y, final state)."""
+    names = [k for k, v in inputs.items() if v is not None]
+    leaves = {k: inputs[k].detach().clone().requires_grad_(True) for k in names}
+    y, h = fn(**leaves, delta_softplus=True, return_final_state=True)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (y * torch.randn(y.shape, generator=gen, dtype=y.dtype)).sum() \
+        + (h * torch.randn(h.shape, generator=gen, dtype=h.dtype)).sum()
+    return [y, h, *torch.autograd.grad(loss, [leaves[k] for k in names])]
+
+
+def test_backward_in_several_segments_matches_reference_fp64(monkeypatch):
+    """A partial-sum budget of one chunk makes the backward walk 3 segments."""
+    monkeypatch.setattr(cpu_scan, "PARTIAL_BUDGET", 1)
+    inputs = make_inputs(batch=2, d_inner=24, d_state=4, length=2 * CHECKPOINT_CHUNK + 9,
+                         groups=2, dtype=torch.float64)
+    for got, want in zip(_grads(selective_scan_cpu, inputs), _grads(selective_scan_ref, inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def _time_major(t):
+    """The same values as a (..., L) tensor whose last-but-one dimension has unit stride, as
+    the transposed output of a Linear layer is."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def test_strided_views_give_the_same_results_as_contiguous_inputs():
+    """u, delta, z, B, C as transposed views and slices (the layouts Mamba.forward passes)."""
+    inputs = make_inputs(batch=2, d_inner=16, d_state=4, length=CHECKPOINT_CHUNK + 20, groups=2)
+    bc = torch.cat([inputs["B"], inputs["C"]], dim=2)              # (B, G, 2N, L)
+    views = dict(inputs, u=_time_major(inputs["u"]), delta=_time_major(inputs["delta"]),
+                 z=_time_major(inputs["z"]), B=_time_major(bc)[:, :, :4], C=_time_major(bc)[:, :, 4:])
+    assert not views["B"].is_contiguous() and not views["z"].is_contiguous()
+    for got, want in zip(_grads(selective_scan_cpu, views), _grads(selective_scan_cpu, inputs)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_results_bitwise_equal_for_any_thread_count():
+    inputs = make_inputs(batch=3, d_inner=40, d_state=8, length=CHECKPOINT_CHUNK + 40, groups=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _grads(selective_scan_cpu, inputs)
+        torch.set_num_threads(3)
+        three = _grads(selective_scan_cpu, inputs)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, three):
+        assert torch.equal(a, b)
 
 
 def test_gradcheck_every_input_and_both_states():

@@ -121,7 +121,8 @@ def test_train_writes_artifacts_and_learns(tmp_path):
     assert result["tokens"] == 4 * 2 * 8 * 4 + 26 * 2 * 4 * 16
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if "loss" in r]
-    assert [r["step"] for r in train_recs] == list(range(3, 31, 3))
+    # every log step (3) and every checkpoint (5) closes a window: no step's loss is dropped
+    assert [r["step"] for r in train_recs] == sorted({*range(3, 31, 3), *range(5, 31, 5)})
     assert train_recs[-1]["loss"] < train_recs[0]["loss"]
     assert {"lr", "grad_norm", "tokens_per_s", "seq_len"} <= set(train_recs[0])
     val_recs = [r for r in records if "val_loss" in r]
@@ -145,6 +146,20 @@ def test_early_stop_and_existing_checkpoints_need_resume(tmp_path):
         train(TinyLM(), loss_fn, get_batch, cfg)
 
 
+def test_resume_refuses_a_changed_run_and_keeps_the_summary(tmp_path):
+    seed_everything(0)
+    cfg = tiny_cfg(tmp_path, steps=5)
+    done = train(TinyLM(), loss_fn, get_batch, cfg, eval_fn=make_eval_fn())
+    with pytest.raises(ValueError, match=r"--resume: --lr is 0.5 but the run in .*"
+                                         r"step_0000005/train_config.json used 0.01"):
+        train(TinyLM(), loss_fn, get_batch, tiny_cfg(tmp_path, steps=5, lr=0.5, resume=True))
+    with pytest.raises(ValueError, match=r"model.safetensors: the weights do not fit"):
+        train(TinyLM(d_model=8), loss_fn, get_batch, tiny_cfg(tmp_path, steps=5, resume=True))
+    again = train(TinyLM(), loss_fn, get_batch, tiny_cfg(tmp_path, steps=5, resume=True),
+                  eval_fn=make_eval_fn())          # nothing left to train: same figures
+    assert again["loss"] == done["loss"] is not None and again["val"] == done["val"] != {}
+
+
 def test_nan_loss_is_one_clear_error(tmp_path):
     def nan_loss(model, batch):
         return model(batch[:, :-1]).sum() * float("nan"), 1
@@ -159,20 +174,24 @@ def test_fp16_on_cpu_is_refused(tmp_path):
 
 
 def test_checkpoint_write_is_atomic(tmp_path):
-    """A writer that dies midway leaves only a .tmp- directory, which is ignored and cleaned."""
+    """A writer that fails midway leaves nothing; what a killed one leaves (a .tmp- folder,
+    a swapped-out .old- folder) is ignored by resume and cleaned."""
     class Dying(TinyLM):
         def save_pretrained(self, path):
             Path(path, "config.json").write_text("{}")
-            raise KeyboardInterrupt  # stands in for a kill in the middle of the write
+            raise KeyboardInterrupt  # stands in for an interrupt in the middle of the write
 
     root = tmp_path / "checkpoints"
     with pytest.raises(KeyboardInterrupt):
         ckpt.write_checkpoint(root, ckpt.step_dir_name(5), Dying(), {"step": 5}, {}, {})
-    assert [p.name for p in root.iterdir()] == [f".tmp-step_0000005-{os.getpid()}"]
-    assert ckpt.latest_checkpoint(root) is None
-    ckpt.clean_stale(root)
     assert list(root.iterdir()) == []
+    (root / ".tmp-step_0000010-999").mkdir()                 # a SIGKILLed writer's leftovers
+    (root / ".tmp-step_0000010-999" / "config.json").write_text("{}")
+    assert ckpt.latest_checkpoint(root) is None
     ckpt.write_checkpoint(root, "step_0000005", TinyLM(), {"step": 5}, {}, {})
+    os.rename(root / "step_0000005", root / ".old-step_0000005-999")   # killed mid-swap
+    ckpt.clean_stale(root)
+    assert [p.name for p in root.iterdir()] == ["step_0000005"]
     assert ckpt.load_state(ckpt.latest_checkpoint(root)) == {"step": 5}
 
 

@@ -1,37 +1,50 @@
 // Fast CPU selective scan (Mamba-1), forward and backward.
 //
 // Dimension names: B batch, E d_inner, N d_state, G groups, L length, K chunk.
-// Layouts expected from the Python launcher (kernels/cpu_scan.py), all contiguous:
-//   u, delta, z, y        (B, E, L)
-//   A                     (E, N)
-//   Bm, Cm                (B, G, L, N)   -- time-major so that one step reads N floats
-//   D, delta_bias         (E,)
-//   h0, hT                (B, E, N)
-//   checkpoints           (B, E, ceil(L / K), N): the state entering each chunk
+// Tensors from the Python launcher (kernels/cpu_scan.py), read and written through their
+// strides, so that views such as the transposed output of a Linear need no copy:
+//   u, delta, z, dy        (B, E, L), any strides
+//   Bm, Cm                 (B, G, N, L), any strides (x_proj gives n or t the unit stride)
+//   A                      (E, N) contiguous;  D, delta_bias (E,) contiguous
+//   h0, dhT                (B, E, N) contiguous
+//   checkpoints            (B, E, ceil(L / K), N): the state entering each chunk
+// Outputs y, du, ddelta, dz take the layout (channel- or time-major) of u, u, delta, z;
+// y takes z's when there is a gate (y is computed elementwise with silu(z)).
 //
-// Every (b, e) channel is an independent recurrence with its N states in registers;
-// channels are spread over threads. The backward recomputes the states of one chunk
-// from its checkpoint into a small buffer and walks it in reverse, so it never holds
-// (B, L, E, N). dB and dC sum over the channels of a group: each thread accumulates
-// into its own buffer, summed by the launcher.
+// Both directions advance kLanes channels of one B/C group together, one channel per SIMD
+// lane: the group's B_t, C_t are broadcast and every per-step scalar (softplus, gate) is
+// vectorised across lanes. Blocks of channels are spread over threads.
+//
+// The backward recomputes one chunk at a time from its checkpoint, keeping the states and
+// decays of the chunk in a buffer, and walks it in reverse. dB and dC sum over the channels
+// of a group: each block writes its own partial sums (its lanes added in a fixed order) for
+// a segment of the sequence, and the partials are then added block by block in a fixed
+// order. Memory for partials is bounded (partial_budget elements each for dB and dC),
+// whatever L and the thread count, and the result is bitwise the same for any number of
+// threads.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t kMaxState = 256;
-constexpr int64_t kLanes = 8;   // channels advanced together, one per SIMD lane
-constexpr int64_t kTile = 64;   // time steps staged per tile in the forward
+constexpr int64_t kLanes = 8;                 // channels advanced together, one per SIMD lane
+constexpr int64_t kTile = 64;                 // time steps staged per tile in the forward
 
-// exp(x), relative error ~1e-7, written so that loops over n vectorize (no libm call):
+// exp(x), relative error ~1e-7, written so that loops over lanes vectorize (no libm call):
 // x = (i + f) ln 2 with i integer and |f| <= 1/2; 2^f by a degree-6 polynomial fitted on
 // Chebyshev nodes of [-1/2, 1/2]; 2^i by adding i to the float's exponent bits.
 inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = std::min(std::max(x, -87.0f), 88.0f);            // one max and one min instruction
   const float t = x * 1.44269504088896341f;           // x / ln 2
   const float fi = std::nearbyint(t);
   const float f = t - fi;                              // in [-1/2, 1/2]
@@ -80,188 +93,423 @@ inline float fast_softplus(float x) {
 inline double fast_softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
 
 template <typename T>
-inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+inline T fast_sigmoid(T x) { return T(1) / (T(1) + fast_exp(-x)); }
 
+// A (B, E, L) tensor addressed through its strides.
 template <typename T>
-struct ScanArgs {
-  const T *u, *delta, *A, *Bm, *Cm, *D, *z, *bias, *h0;
-  int64_t batch, d_inner, length, d_state, groups, chunk;
-  bool softplus, has_z;
-  int64_t n_chunks() const { return (length + chunk - 1) / chunk; }
-  int64_t group_of(int64_t e) const { return e / (d_inner / groups); }
+struct Seq {
+  T* p;
+  int64_t sb, se, st;
+  T& at(int64_t b, int64_t e, int64_t t) const { return p[b * sb + e * se + t * st]; }
 };
 
 template <typename T>
-T step_dt(const ScanArgs<T>& a, T raw) {
-  return a.softplus ? fast_softplus(raw) : raw;
+Seq<T> seq_of(const torch::Tensor& t) {
+  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
 }
 
-// Forward of up to kLanes channels [e0, e0 + width) of one group, one channel per SIMD
-// lane: the group's B_t, C_t are broadcast, every per-step scalar (softplus, gate) is
-// vectorised across lanes, and kTile steps of u/delta/z/y are staged time-major.
+// A (B, G, N, L) tensor of B_t or C_t addressed through its strides.
 template <typename T>
-void forward_block(const ScanArgs<T>& a, int64_t b, int64_t e0, int64_t width, T* y, T* hT,
-                   T* ckpt) {
-  const int64_t N = a.d_state, L = a.length;
-  const int64_t g = a.group_of(e0);
-  const T* Bm = a.Bm + (b * a.groups + g) * L * N;
-  const T* Cm = a.Cm + (b * a.groups + g) * L * N;
-  alignas(64) T A[kMaxState][kLanes], h[kMaxState][kLanes];
-  alignas(64) T u[kTile][kLanes], dt[kTile][kLanes], gate[kTile][kLanes], out[kTile][kLanes];
-  T Dv[kLanes], bias[kLanes];
+struct GroupSeq {
+  const T* p;
+  int64_t sb, sg, sn, st;
+  // The N values of step t of batch b, group g are step(b, g, t)[n * sn].
+  const T* step(int64_t b, int64_t g, int64_t t) const { return p + b * sb + g * sg + t * st; }
+};
+
+template <typename T>
+GroupSeq<T> group_seq_of(const torch::Tensor& t) {
+  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// Rows [t0, t0 + steps) of lanes [e0, e0 + width) of channel-batch b -> tile[step][lane];
+// lanes past width read as `fill`.
+template <typename T>
+void stage(const Seq<const T>& s, int64_t b, int64_t e0, int64_t width, int64_t t0, int64_t steps,
+           T (*tile)[kLanes], T fill) {
+  if (s.se == 1 && width == kLanes) {  // time-major: a step's lanes are contiguous
+    const T* src = &s.at(b, e0, t0);
+    for (int64_t k = 0; k < steps; ++k) std::memcpy(tile[k], src + k * s.st, sizeof(tile[k]));
+    return;
+  }
   for (int64_t j = 0; j < kLanes; ++j) {
-    const bool on = j < width;
-    const int64_t e = e0 + j, be = b * a.d_inner + e;
-    Dv[j] = on ? a.D[e] : T(0);
-    bias[j] = on ? a.bias[e] : T(0);
+    if (j >= width) {
+      for (int64_t k = 0; k < steps; ++k) tile[k][j] = fill;
+      continue;
+    }
+    const T* src = &s.at(b, e0 + j, t0);
+    for (int64_t k = 0; k < steps; ++k) tile[k][j] = src[k * s.st];
+  }
+}
+
+// Inverse of stage for the first `width` lanes.
+template <typename T>
+void unstage(const Seq<T>& s, int64_t b, int64_t e0, int64_t width, int64_t t0, int64_t steps,
+             const T (*tile)[kLanes]) {
+  if (s.se == 1 && width == kLanes) {
+    T* dst = &s.at(b, e0, t0);
+    for (int64_t k = 0; k < steps; ++k) std::memcpy(dst + k * s.st, tile[k], sizeof(tile[k]));
+    return;
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    T* dst = &s.at(b, e0 + j, t0);
+    for (int64_t k = 0; k < steps; ++k) dst[k * s.st] = tile[k][j];
+  }
+}
+
+template <typename T>
+struct ScanArgs {
+  Seq<const T> u, delta, z;
+  GroupSeq<T> Bm, Cm;
+  const T *A, *D, *bias, *h0;
+  int64_t batch, d_inner, length, d_state, groups, chunk;
+  bool softplus, has_z;
+  int64_t n_chunks() const { return (length + chunk - 1) / chunk; }
+  int64_t per_group() const { return d_inner / groups; }
+  int64_t blocks_per_group() const { return (per_group() + kLanes - 1) / kLanes; }
+};
+
+// Channels [e0, e0 + width) of one group: the unit both directions work on.
+struct Block {
+  int64_t b, g, e0, width, index;  // index: position of the block within its group
+};
+
+template <typename T>
+Block block_of(const ScanArgs<T>& a, int64_t i) {
+  const int64_t per_batch = a.groups * a.blocks_per_group();
+  Block k;
+  k.b = i / per_batch;
+  k.g = (i / a.blocks_per_group()) % a.groups;
+  k.index = i % a.blocks_per_group();
+  const int64_t first = k.index * kLanes;
+  k.e0 = k.g * a.per_group() + first;
+  k.width = std::min(kLanes, a.per_group() - first);
+  return k;
+}
+
+// Per-lane constants of a block: A (n, lane), D, delta_bias; zeros in lanes past width.
+template <typename T>
+struct LaneParams {
+  alignas(64) T A[kMaxState][kLanes];
+  alignas(64) T D[kLanes], bias[kLanes];
+  LaneParams(const ScanArgs<T>& a, const Block& k) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const bool on = j < k.width;
+      D[j] = on ? a.D[k.e0 + j] : T(0);
+      bias[j] = on ? a.bias[k.e0 + j] : T(0);
+      for (int64_t n = 0; n < a.d_state; ++n) A[n][j] = on ? a.A[(k.e0 + j) * a.d_state + n] : T(0);
+    }
+  }
+};
+
+// delta + bias -> dt (softplus or not) over a staged tile; keeps sigmoid(delta + bias),
+// d softplus / d raw, in `slope` when given.
+template <typename T>
+void step_sizes(const ScanArgs<T>& a, const LaneParams<T>& p, int64_t steps, T (*dt)[kLanes],
+                T (*slope)[kLanes]) {
+  for (int64_t s = 0; s < steps; ++s) {
+    if (slope != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) {
+        slope[s][j] = a.softplus ? fast_sigmoid(dt[s][j] + p.bias[j]) : T(1);
+      }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const T raw = dt[s][j] + p.bias[j];
+      dt[s][j] = a.softplus ? fast_softplus(raw) : raw;
+    }
+  }
+}
+
+// Calls body(n, chain) for n in [0, count): sums that body keeps per chain form kChains
+// independent dependency chains (an FMA waits ~4 cycles for the previous one), combined
+// by combine_chains in a fixed order.
+constexpr int64_t kChains = 4;
+
+template <typename F>
+inline void over_states(int64_t count, F&& body) {
+  int64_t n = 0;
+  for (; n + kChains <= count; n += kChains) {
+    body(n, 0);
+    body(n + 1, 1);
+    body(n + 2, 2);
+    body(n + 3, 3);
+  }
+  for (; n < count; ++n) body(n, 0);
+}
+
+template <typename T>
+inline T combine_chains(const T (*acc)[kLanes], int64_t j) {
+  return (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+}
+
+// Forward of one block: h_t = exp(dt A) h + dt u B_t, y_t = (C_t.h_t + D u) silu(z).
+template <typename T>
+void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT, T* ckpt) {
+  const int64_t N = a.d_state, L = a.length;
+  const LaneParams<T> p(a, k);
+  alignas(64) T h[kMaxState][kLanes];
+  alignas(64) T u[kTile][kLanes], dt[kTile][kLanes], gate[kTile][kLanes], out[kTile][kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) {
     for (int64_t n = 0; n < N; ++n) {
-      A[n][j] = on ? a.A[e * N + n] : T(0);
-      h[n][j] = on ? a.h0[be * N + n] : T(0);
+      h[n][j] = j < k.width ? a.h0[((k.b * a.d_inner) + k.e0 + j) * N + n] : T(0);
     }
   }
   for (int64_t t0 = 0; t0 < L; t0 += kTile) {
     const int64_t steps = std::min(kTile, L - t0);
-    for (int64_t j = 0; j < kLanes; ++j) {  // stage (lane, time) -> (time, lane)
-      const int64_t off = (b * a.d_inner + e0 + j) * L + t0;
-      for (int64_t s = 0; s < steps; ++s) {
-        const bool on = j < width;
-        u[s][j] = on ? a.u[off + s] : T(0);
-        dt[s][j] = on ? a.delta[off + s] : T(0);
-        gate[s][j] = on && a.has_z ? a.z[off + s] : T(0);
-      }
-    }
-    T* dt_flat = &dt[0][0];      // (steps * kLanes,) views of the staged tiles
-    T* gate_flat = &gate[0][0];
-    const int64_t count = steps * kLanes;
-    if (a.softplus) {
-#pragma omp simd
-      for (int64_t k = 0; k < count; ++k) dt_flat[k] = fast_softplus(dt_flat[k] + bias[k % kLanes]);
-    } else {
-      for (int64_t k = 0; k < count; ++k) dt_flat[k] += bias[k % kLanes];
-    }
+    stage(a.u, k.b, k.e0, k.width, t0, steps, u, T(0));
+    stage(a.delta, k.b, k.e0, k.width, t0, steps, dt, T(0));
+    step_sizes(a, p, steps, dt, static_cast<T(*)[kLanes]>(nullptr));
     if (a.has_z) {
+      stage(a.z, k.b, k.e0, k.width, t0, steps, gate, T(0));
+      for (int64_t s = 0; s < steps; ++s) {
 #pragma omp simd
-      for (int64_t k = 0; k < count; ++k) {
-        gate_flat[k] = gate_flat[k] / (T(1) + fast_exp(-gate_flat[k]));  // silu(z)
+        for (int64_t j = 0; j < kLanes; ++j) gate[s][j] = gate[s][j] * fast_sigmoid(gate[s][j]);
       }
-    } else {
-      for (int64_t k = 0; k < count; ++k) gate_flat[k] = T(1);
     }
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
       if (ckpt != nullptr && t % a.chunk == 0) {
-        for (int64_t j = 0; j < width; ++j) {
-          T* dst = ckpt + ((b * a.d_inner + e0 + j) * a.n_chunks() + t / a.chunk) * N;
+        for (int64_t j = 0; j < k.width; ++j) {
+          T* dst = ckpt + ((k.b * a.d_inner + k.e0 + j) * a.n_chunks() + t / a.chunk) * N;
           for (int64_t n = 0; n < N; ++n) dst[n] = h[n][j];
         }
       }
-      const T* Bt = Bm + t * N;
-      const T* Ct = Cm + t * N;
-      alignas(64) T acc[kLanes] = {};
+      const T* Bt = a.Bm.step(k.b, k.g, t);
+      const T* Ct = a.Cm.step(k.b, k.g, t);
+      alignas(64) T acc[kChains][kLanes] = {};
       alignas(64) T dtu[kLanes];
       for (int64_t j = 0; j < kLanes; ++j) dtu[j] = dt[s][j] * u[s][j];
-      for (int64_t n = 0; n < N; ++n) {
-        const T bn = Bt[n], cn = Ct[n];
+      over_states(N, [&](int64_t n, int64_t c) {
+        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
 #pragma omp simd
         for (int64_t j = 0; j < kLanes; ++j) {
-          h[n][j] = fast_exp(dt[s][j] * A[n][j]) * h[n][j] + dtu[j] * bn;
-          acc[j] += h[n][j] * cn;
+          h[n][j] = fast_exp(dt[s][j] * p.A[n][j]) * h[n][j] + dtu[j] * bn;
+          acc[c][j] += h[n][j] * cn;
         }
-      }
+      });
 #pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) out[s][j] = (acc[j] + Dv[j] * u[s][j]) * gate[s][j];
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const T pre = combine_chains(acc, j) + p.D[j] * u[s][j];
+        out[s][j] = a.has_z ? pre * gate[s][j] : pre;
+      }
     }
-    for (int64_t j = 0; j < width; ++j) {
-      T* dst = y + (b * a.d_inner + e0 + j) * L + t0;
-      for (int64_t s = 0; s < steps; ++s) dst[s] = out[s][j];
-    }
+    unstage(y, k.b, k.e0, k.width, t0, steps, out);
   }
-  for (int64_t j = 0; j < width; ++j) {
-    for (int64_t n = 0; n < N; ++n) hT[(b * a.d_inner + e0 + j) * N + n] = h[n][j];
+  for (int64_t j = 0; j < k.width; ++j) {
+    for (int64_t n = 0; n < N; ++n) hT[(k.b * a.d_inner + k.e0 + j) * N + n] = h[n][j];
   }
 }
 
-// Gradients of one channel. dB/dC go to this thread's accumulators (B, G, L, N);
-// per-channel parameter gradients go to (B, E, ...) slots summed over b by the launcher.
+// out[n] = sum over lanes of rows[n][lane] * v[lane], lanes added in a fixed tree order:
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
 template <typename T>
-void backward_channel(const ScanArgs<T>& a, int64_t b, int64_t e, const T* ckpt,
-                      const T* dy, const T* dhT, T* du, T* ddelta, T* dz, T* dA_be,
-                      T* dD_be, T* dbias_be, T* dh0, T* dBacc, T* dCacc,
-                      std::vector<T>& hbuf) {
-  const int64_t N = a.d_state, L = a.length, K = a.chunk;
-  const int64_t be = b * a.d_inner + e;
-  const T* u = a.u + be * L;
-  const T* dl = a.delta + be * L;
-  const T* z = a.has_z ? a.z + be * L : nullptr;
-  const int64_t g = a.group_of(e);
-  const int64_t bg = (b * a.groups + g) * L * N;
-  const T* Bm = a.Bm + bg;
-  const T* Cm = a.Cm + bg;
-  T* dBm = dBacc + bg;
-  T* dCm = dCacc + bg;
-  const T* A = a.A + e * N;
-  const T Dv = a.D[e], bias = a.bias[e];
-  T grad_h[kMaxState], dA[kMaxState];
-  for (int64_t n = 0; n < N; ++n) { grad_h[n] = dhT[be * N + n]; dA[n] = T(0); }
-  T dD = T(0), dbias = T(0);
-  for (int64_t c = a.n_chunks() - 1; c >= 0; --c) {
-    const int64_t t0 = c * K, t1 = std::min(L, t0 + K);
-    // hbuf row i holds the state before step t0 + i (row 0 is the checkpoint).
-    T* h = hbuf.data();
-    std::memcpy(h, ckpt + (be * a.n_chunks() + c) * N, N * sizeof(T));
-    for (int64_t t = t0; t < t1 - 1; ++t) {
-      const T dt = step_dt(a, dl[t] + bias);
-      const T dtu = dt * u[t];
-      T* next = h + (t - t0 + 1) * N;
-      const T* prev = next - N;
-      const T* Bt = Bm + t * N;
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) next[n] = fast_exp(dt * A[n]) * prev[n] + dtu * Bt[n];
-    }
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      const T raw = dl[t] + bias;
-      const T dt = step_dt(a, raw);
-      const T ut = u[t];
-      const T* prev = h + (t - t0) * N;
-      const T* Bt = Bm + t * N;
-      const T* Ct = Cm + t * N;
-      T* dBt = dBm + t * N;
-      T* dCt = dCm + t * N;
-      // Output side: y = (C.h + D u) * silu(z).
-      T gy = dy[be * L + t];
-      if (z != nullptr) {
-        const T zt = z[t], s = sigmoid(zt);
-        T pre = Dv * ut;
-        for (int64_t n = 0; n < N; ++n) {
-          pre += (fast_exp(dt * A[n]) * prev[n] + dt * ut * Bt[n]) * Ct[n];
-        }
-        dz[be * L + t] = gy * pre * s * (T(1) + zt * (T(1) - s));
-        gy *= zt * s;
-      }
-      dD += gy * ut;
-      T dut = gy * Dv, ddt = T(0);
-#pragma omp simd reduction(+ : dut, ddt)
-      for (int64_t n = 0; n < N; ++n) {
-        const T decay = fast_exp(dt * A[n]);
-        const T h_t = decay * prev[n] + dt * ut * Bt[n];
-        dCt[n] += gy * h_t;
-        const T gh = grad_h[n] + gy * Ct[n];       // dL/dh_t
-        dBt[n] += gh * dt * ut;
-        dut += gh * dt * Bt[n];
-        const T dh_decay = gh * decay * prev[n];   // dL/d(dt*A) through exp
-        ddt += dh_decay * A[n] + gh * Bt[n] * ut;
-        dA[n] += dh_decay * dt;
-        grad_h[n] = gh * decay;                    // becomes dL/dh_{t-1}
-      }
-      du[be * L + t] = dut;
-      const T draw = a.softplus ? ddt * sigmoid(raw) : ddt;
-      ddelta[be * L + t] = draw;
-      dbias += draw;
+inline void lane_dot(const T (*rows)[kLanes], const T* v, int64_t count, T* out) {
+  for (int64_t n = 0; n < count; ++n) {
+    const T* r = rows[n];
+    out[n] = ((r[0] * v[0] + r[1] * v[1]) + (r[2] * v[2] + r[3] * v[3]))
+           + ((r[4] * v[4] + r[5] * v[5]) + (r[6] * v[6] + r[7] * v[7]));
+  }
+}
+
+#if defined(__AVX__)
+// The same sums eight rows at a time: two rounds of horizontal adds and a swap of 128-bit
+// halves transpose the eight products into one vector of eight sums, in the tree order above.
+template <>
+inline void lane_dot<float>(const float (*rows)[kLanes], const float* v, int64_t count,
+                            float* out) {
+  static_assert(kLanes == 8, "one AVX register per row");
+  const __m256 w = _mm256_loadu_ps(v);
+  int64_t n = 0;
+  for (; n + 8 <= count; n += 8) {
+    __m256 p[8];
+    for (int i = 0; i < 8; ++i) p[i] = _mm256_mul_ps(_mm256_loadu_ps(rows[n + i]), w);
+    const __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3]));
+    const __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(p[4], p[5]), _mm256_hadd_ps(p[6], p[7]));
+    _mm256_storeu_ps(out + n, _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20),
+                                            _mm256_permute2f128_ps(lo, hi, 0x31)));
+  }
+  for (; n < count; ++n) {
+    const float* r = rows[n];
+    out[n] = ((r[0] * v[0] + r[1] * v[1]) + (r[2] * v[2] + r[3] * v[3]))
+           + ((r[4] * v[4] + r[5] * v[5]) + (r[6] * v[6] + r[7] * v[7]));
+  }
+}
+#endif
+
+// Gradients a block carries from one segment of the sequence to the previous one.
+template <typename T>
+struct Carry {
+  T* grad_h;          // (B, E, N): dL/dh entering the segment's last step; dL/dh0 at the end
+  T *dA, *dD, *dbias; // (B, E, N), (B, E), (B, E) per-channel sums
+};
+
+// Outputs of the backward.
+template <typename T>
+struct Grads {
+  Seq<T> du, ddelta, dz;
+  Seq<const T> dy;
+  T *dB_part, *dC_part;  // (blocks_per_group, B, G, segment, N) partial sums of one segment
+  int64_t segment;       // steps per segment
+};
+
+// Scratch of one worker: one chunk's states and decays, and staged tiles.
+template <typename T>
+struct ChunkBuffers {
+  std::vector<T> h, decay;
+  std::vector<T> tiles;
+  int64_t K;
+  ChunkBuffers(int64_t chunk, int64_t N)
+      : h((chunk + 1) * N * kLanes), decay(chunk * N * kLanes),
+        tiles(9 * chunk * kLanes), K(chunk) {}
+  T (*row(std::vector<T>& v, int64_t s, int64_t N))[kLanes] {
+    return reinterpret_cast<T(*)[kLanes]>(v.data() + s * N * kLanes);
+  }
+  T (*tile(int64_t i))[kLanes] { return reinterpret_cast<T(*)[kLanes]>(tiles.data() + i * K * kLanes); }
+};
+
+// Backward of one block over the chunks of [seg0, seg1), last chunk first.
+template <typename T>
+void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const Grads<T>& g,
+                    const Carry<T>& carry, int64_t seg0, int64_t seg1, ChunkBuffers<T>& buf) {
+  const int64_t N = a.d_state, K = a.chunk;
+  const LaneParams<T> p(a, k);
+  alignas(64) T grad_h[kMaxState][kLanes], dA[kMaxState][kLanes];
+  alignas(64) T dD[kLanes], dbias[kLanes];
+  const int64_t be0 = k.b * a.d_inner + k.e0;
+  for (int64_t j = 0; j < kLanes; ++j) {
+    const bool on = j < k.width;
+    dD[j] = on ? carry.dD[be0 + j] : T(0);
+    dbias[j] = on ? carry.dbias[be0 + j] : T(0);
+    for (int64_t n = 0; n < N; ++n) {
+      grad_h[n][j] = on ? carry.grad_h[(be0 + j) * N + n] : T(0);
+      dA[n][j] = on ? carry.dA[(be0 + j) * N + n] : T(0);
     }
   }
-  for (int64_t n = 0; n < N; ++n) { dh0[be * N + n] = grad_h[n]; dA_be[be * N + n] = dA[n]; }
-  dD_be[be] = dD;
-  dbias_be[be] = dbias;
+  T (*u)[kLanes] = buf.tile(0);
+  T (*dt)[kLanes] = buf.tile(1);
+  T (*slope)[kLanes] = buf.tile(2);
+  T (*zt)[kLanes] = buf.tile(3);
+  T (*gy)[kLanes] = buf.tile(4);
+  T (*pre)[kLanes] = buf.tile(5);
+  T (*du)[kLanes] = buf.tile(6);
+  T (*ddt)[kLanes] = buf.tile(7);
+  T (*dtu)[kLanes] = buf.tile(8);
+  const int64_t part_row = (k.index * a.batch + k.b) * a.groups + k.g;
+  for (int64_t c = (seg1 - 1) / K; c >= seg0 / K; --c) {
+    const int64_t t0 = c * K, steps = std::min(K, a.length - t0);
+    stage(a.u, k.b, k.e0, k.width, t0, steps, u, T(0));
+    stage(a.delta, k.b, k.e0, k.width, t0, steps, dt, T(0));
+    step_sizes(a, p, steps, dt, slope);
+    // Recompute the chunk: H row s is the state before step t0 + s.
+    T (*h0)[kLanes] = buf.row(buf.h, 0, N);
+    for (int64_t j = 0; j < kLanes; ++j) {
+      for (int64_t n = 0; n < N; ++n) {
+        h0[n][j] = j < k.width ? ckpt[((be0 + j) * a.n_chunks() + c) * N + n] : T(0);
+      }
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+      const T* Bt = a.Bm.step(k.b, k.g, t0 + s);
+      const T* Ct = a.Cm.step(k.b, k.g, t0 + s);
+      T (*prev)[kLanes] = buf.row(buf.h, s, N);
+      T (*next)[kLanes] = buf.row(buf.h, s + 1, N);
+      T (*dec)[kLanes] = buf.row(buf.decay, s, N);
+      alignas(64) T acc[kChains][kLanes] = {};
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) dtu[s][j] = dt[s][j] * u[s][j];
+      over_states(N, [&](int64_t n, int64_t c) {
+        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
+#pragma omp simd
+        for (int64_t j = 0; j < kLanes; ++j) {
+          dec[n][j] = fast_exp(dt[s][j] * p.A[n][j]);
+          next[n][j] = dec[n][j] * prev[n][j] + dtu[s][j] * bn;
+          acc[c][j] += next[n][j] * cn;
+        }
+      });
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) pre[s][j] = combine_chains(acc, j) + p.D[j] * u[s][j];
+    }
+    // Output side: y = pre * silu(z); gy = dL/d(pre).
+    stage(g.dy, k.b, k.e0, k.width, t0, steps, gy, T(0));
+    if (a.has_z) {
+      stage(a.z, k.b, k.e0, k.width, t0, steps, zt, T(0));
+      for (int64_t s = 0; s < steps; ++s) {
+#pragma omp simd
+        for (int64_t j = 0; j < kLanes; ++j) {
+          const T z = zt[s][j], sig = fast_sigmoid(z);
+          zt[s][j] = gy[s][j] * pre[s][j] * sig * (T(1) + z * (T(1) - sig));  // dz
+          gy[s][j] *= z * sig;
+        }
+      }
+      unstage(g.dz, k.b, k.e0, k.width, t0, steps, zt);
+    }
+    // Reverse walk over the chunk.
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const T* Bt = a.Bm.step(k.b, k.g, t0 + s);
+      const T* Ct = a.Cm.step(k.b, k.g, t0 + s);
+      const T (*prev)[kLanes] = buf.row(buf.h, s, N);
+      const T (*dec)[kLanes] = buf.row(buf.decay, s, N);
+      alignas(64) T gh_step[kMaxState][kLanes];
+      alignas(64) T sums_b[kChains][kLanes] = {}, sums_a[kChains][kLanes] = {};
+      over_states(N, [&](int64_t n, int64_t c) {
+        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
+#pragma omp simd
+        for (int64_t j = 0; j < kLanes; ++j) {
+          const T gh = grad_h[n][j] + gy[s][j] * cn;   // dL/dh_t
+          gh_step[n][j] = gh;
+          sums_b[c][j] += gh * bn;
+          const T x = gh * dec[n][j] * prev[n][j];    // dL/d(dt A_n) through exp
+          sums_a[c][j] += x * p.A[n][j];
+          dA[n][j] += x * dt[s][j];
+          grad_h[n][j] = gh * dec[n][j];              // becomes dL/dh_{t-1}
+        }
+      });
+#pragma omp simd
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const T sum_b = combine_chains(sums_b, j), sum_a = combine_chains(sums_a, j);
+        du[s][j] = gy[s][j] * p.D[j] + sum_b * dt[s][j];
+        ddt[s][j] = (sum_a + sum_b * u[s][j]) * slope[s][j];
+        dD[j] += gy[s][j] * u[s][j];
+        dbias[j] += ddt[s][j];
+      }
+      // This block's share of dB_t = sum_e dL/dh_t dt u and dC_t = sum_e gy h_t.
+      const int64_t row = (part_row * g.segment + (t0 + s - seg0)) * N;
+      lane_dot(gh_step, dtu[s], N, g.dB_part + row);
+      lane_dot(buf.row(buf.h, s + 1, N), gy[s], N, g.dC_part + row);
+    }
+    unstage(g.du, k.b, k.e0, k.width, t0, steps, du);
+    unstage(g.ddelta, k.b, k.e0, k.width, t0, steps, ddt);
+  }
+  for (int64_t j = 0; j < k.width; ++j) {
+    carry.dD[be0 + j] = dD[j];
+    carry.dbias[be0 + j] = dbias[j];
+    for (int64_t n = 0; n < N; ++n) {
+      carry.grad_h[(be0 + j) * N + n] = grad_h[n][j];
+      carry.dA[(be0 + j) * N + n] = dA[n][j];
+    }
+  }
+}
+
+// dB[b, g, seg0 + t, n] = sum over blocks, in block order, of the segment's partials.
+template <typename T>
+void reduce_partials(const ScanArgs<T>& a, const T* part, int64_t segment, int64_t seg0,
+                     int64_t steps, T* out) {
+  const int64_t N = a.d_state, rows = a.batch * a.groups;
+  const int64_t block_stride = rows * segment * N;
+  at::parallel_for(0, rows * steps, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t bg = i / steps, s = i % steps;
+      const T* src = part + (bg * segment + s) * N;
+      T* dst = out + (bg * a.length + seg0 + s) * N;
+      for (int64_t n = 0; n < N; ++n) dst[n] = src[n];
+      for (int64_t kb = 1; kb < a.blocks_per_group(); ++kb) {
+        const T* more = src + kb * block_stride;
+#pragma omp simd
+        for (int64_t n = 0; n < N; ++n) dst[n] += more[n];
+      }
+    }
+  });
 }
 
 template <typename T>
@@ -269,10 +517,14 @@ ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const 
                       const torch::Tensor& Bm, const torch::Tensor& Cm, const torch::Tensor& D,
                       const torch::Tensor& z, const torch::Tensor& bias, const torch::Tensor& h0,
                       bool softplus, bool has_z, int64_t chunk) {
+  TORCH_CHECK(A.is_contiguous() && D.is_contiguous() && bias.is_contiguous() && h0.is_contiguous(),
+              "selective_scan (cpu): A, D, delta_bias and the initial state must be contiguous");
   ScanArgs<T> a;
-  a.u = u.data_ptr<T>(); a.delta = delta.data_ptr<T>(); a.A = A.data_ptr<T>();
-  a.Bm = Bm.data_ptr<T>(); a.Cm = Cm.data_ptr<T>(); a.D = D.data_ptr<T>();
-  a.z = has_z ? z.data_ptr<T>() : nullptr; a.bias = bias.data_ptr<T>(); a.h0 = h0.data_ptr<T>();
+  a.u = seq_of<const T>(u);
+  a.delta = seq_of<const T>(delta);
+  a.z = has_z ? seq_of<const T>(z) : Seq<const T>{nullptr, 0, 0, 0};
+  a.Bm = group_seq_of<T>(Bm); a.Cm = group_seq_of<T>(Cm); a.A = A.data_ptr<T>();
+  a.D = D.data_ptr<T>(); a.bias = bias.data_ptr<T>(); a.h0 = h0.data_ptr<T>();
   a.batch = u.size(0); a.d_inner = u.size(1); a.length = u.size(2);
   a.d_state = A.size(1); a.groups = Bm.size(1); a.chunk = chunk;
   a.softplus = softplus; a.has_z = has_z;
@@ -280,73 +532,101 @@ ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const 
   return a;
 }
 
+// An empty (B, E, L) tensor laid out like `like`: time-major when `like`'s time stride is
+// the smaller, else channel-major.
+torch::Tensor empty_in_layout_of(const torch::Tensor& like) {
+  if (like.stride(2) > like.stride(1) && like.size(1) > 1) {
+    return torch::empty({like.size(0), like.size(2), like.size(1)}, like.options()).transpose(1, 2);
+  }
+  return torch::empty(like.sizes(), like.options());
+}
+
 std::vector<torch::Tensor> scan_fwd(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                                     torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
                                     torch::Tensor z, torch::Tensor bias, torch::Tensor h0,
                                     bool softplus, bool has_z, int64_t chunk, bool save_ckpt) {
-  auto y = torch::empty_like(u);
+  auto y = empty_in_layout_of(has_z ? z : u);
   auto hT = torch::empty_like(h0);
   const int64_t n_chunks = (u.size(2) + chunk - 1) / chunk;
   auto ckpt = save_ckpt ? torch::empty({u.size(0), u.size(1), n_chunks, A.size(1)}, u.options())
                         : torch::empty({0}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
-    auto a = make_args<scalar_t>(u, delta, A, Bm, Cm, D, z, bias, h0, softplus, has_z, chunk);
-    scalar_t* yp = y.data_ptr<scalar_t>();
+    const auto a = make_args<scalar_t>(u, delta, A, Bm, Cm, D, z, bias, h0, softplus, has_z, chunk);
+    const auto ys = seq_of<scalar_t>(y);
     scalar_t* hp = hT.data_ptr<scalar_t>();
     scalar_t* cp = save_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr;
-    const int64_t per_group = a.d_inner / a.groups;
-    const int64_t blocks_per_group = (per_group + kLanes - 1) / kLanes;
-    at::parallel_for(0, a.batch * a.groups * blocks_per_group, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t b = i / (a.groups * blocks_per_group);
-        const int64_t g = (i / blocks_per_group) % a.groups;
-        const int64_t first = (i % blocks_per_group) * kLanes;
-        forward_block(a, b, g * per_group + first, std::min(kLanes, per_group - first), yp, hp, cp);
-      }
+    const int64_t blocks = a.batch * a.groups * a.blocks_per_group();
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) forward_block(a, block_of(a, i), ys, hp, cp);
     });
   });
   return {y, hT, ckpt};
+}
+
+// Sum of x (B, rest...) over its first dimension, batch by batch in order.
+template <typename T>
+torch::Tensor sum_over_batch(const torch::Tensor& x) {
+  auto out = x[0].clone();
+  T* o = out.data_ptr<T>();
+  const int64_t n = out.numel();
+  for (int64_t b = 1; b < x.size(0); ++b) {
+    const T* src = x.data_ptr<T>() + b * n;
+    for (int64_t i = 0; i < n; ++i) o[i] += src[i];
+  }
+  return out;
 }
 
 std::vector<torch::Tensor> scan_bwd(torch::Tensor dy, torch::Tensor dhT, torch::Tensor u,
                                     torch::Tensor delta, torch::Tensor A, torch::Tensor Bm,
                                     torch::Tensor Cm, torch::Tensor D, torch::Tensor z,
                                     torch::Tensor bias, torch::Tensor h0, torch::Tensor ckpt,
-                                    bool softplus, bool has_z, int64_t chunk) {
-  const int64_t batch = u.size(0), d_inner = u.size(1);
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch * d_inner));
-  auto du = torch::empty_like(u);
-  auto ddelta = torch::empty_like(u);
-  auto dz = has_z ? torch::empty_like(u) : torch::empty({0}, u.options());
-  auto dA_be = torch::empty({batch, d_inner, A.size(1)}, u.options());
-  auto dD_be = torch::empty({batch, d_inner}, u.options());
-  auto dbias_be = torch::empty({batch, d_inner}, u.options());
-  auto dh0 = torch::empty_like(h0);
-  auto dBacc = torch::zeros({workers, Bm.size(0), Bm.size(1), Bm.size(2), Bm.size(3)}, u.options());
-  auto dCacc = torch::zeros_like(dBacc);
+                                    bool softplus, bool has_z, int64_t chunk,
+                                    int64_t partial_budget) {
+  const int64_t batch = u.size(0), d_inner = u.size(1), length = u.size(2);
+  const int64_t d_state = A.size(1), groups = Bm.size(1);
+  auto du = empty_in_layout_of(u);
+  auto ddelta = empty_in_layout_of(delta);
+  auto dz = has_z ? empty_in_layout_of(z) : torch::empty({0}, u.options());
+  auto grad_h = dhT.clone();
+  auto dA = torch::zeros({batch, d_inner, d_state}, u.options());
+  auto dD = torch::zeros({batch, d_inner}, u.options());
+  auto dbias = torch::zeros({batch, d_inner}, u.options());
+  auto dB = torch::empty({batch, groups, length, d_state}, u.options());
+  auto dC = torch::empty_like(dB);
+  torch::Tensor dA_sum, dD_sum, dbias_sum;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
-    auto a = make_args<scalar_t>(u, delta, A, Bm, Cm, D, z, bias, h0, softplus, has_z, chunk);
-    const int64_t channels = batch * d_inner;
-    const int64_t per_worker = (channels + workers - 1) / workers;
-    const int64_t acc_size = Bm.numel();
-    at::parallel_for(0, workers, 1, [&](int64_t wb, int64_t we) {
-      std::vector<scalar_t> hbuf(chunk * a.d_state);
-      for (int64_t w = wb; w < we; ++w) {
-        for (int64_t i = w * per_worker; i < std::min(channels, (w + 1) * per_worker); ++i) {
-          backward_channel(a, i / d_inner, i % d_inner, ckpt.data_ptr<scalar_t>(),
-                           dy.data_ptr<scalar_t>(), dhT.data_ptr<scalar_t>(),
-                           du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(),
-                           has_z ? dz.data_ptr<scalar_t>() : nullptr,
-                           dA_be.data_ptr<scalar_t>(), dD_be.data_ptr<scalar_t>(),
-                           dbias_be.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(),
-                           dBacc.data_ptr<scalar_t>() + w * acc_size,
-                           dCacc.data_ptr<scalar_t>() + w * acc_size, hbuf);
+    const auto a = make_args<scalar_t>(u, delta, A, Bm, Cm, D, z, bias, h0, softplus, has_z, chunk);
+    const int64_t blocks = batch * groups * a.blocks_per_group();
+    // Steps per segment: a multiple of the chunk, with partials within partial_budget.
+    const int64_t per_step = blocks * d_state;
+    const int64_t segment = std::min(
+        a.n_chunks() * chunk, std::max<int64_t>(1, partial_budget / (per_step * chunk)) * chunk);
+    auto dB_part = torch::empty({a.blocks_per_group(), batch, groups, segment, d_state}, u.options());
+    auto dC_part = torch::empty_like(dB_part);
+    Grads<scalar_t> g{seq_of<scalar_t>(du), seq_of<scalar_t>(ddelta),
+                      has_z ? seq_of<scalar_t>(dz) : Seq<scalar_t>{nullptr, 0, 0, 0},
+                      seq_of<const scalar_t>(dy), dB_part.data_ptr<scalar_t>(),
+                      dC_part.data_ptr<scalar_t>(), segment};
+    Carry<scalar_t> carry{grad_h.data_ptr<scalar_t>(), dA.data_ptr<scalar_t>(),
+                          dD.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>()};
+    const scalar_t* cp = ckpt.data_ptr<scalar_t>();
+    const int64_t n_segments = (length + segment - 1) / segment;
+    for (int64_t sgm = n_segments - 1; sgm >= 0; --sgm) {
+      const int64_t seg0 = sgm * segment, seg1 = std::min(length, seg0 + segment);
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        ChunkBuffers<scalar_t> buf(chunk, d_state);
+        for (int64_t i = begin; i < end; ++i) {
+          backward_block(a, block_of(a, i), cp, g, carry, seg0, seg1, buf);
         }
-      }
-    });
+      });
+      reduce_partials(a, g.dB_part, segment, seg0, seg1 - seg0, dB.data_ptr<scalar_t>());
+      reduce_partials(a, g.dC_part, segment, seg0, seg1 - seg0, dC.data_ptr<scalar_t>());
+    }
+    dA_sum = sum_over_batch<scalar_t>(dA);
+    dD_sum = sum_over_batch<scalar_t>(dD);
+    dbias_sum = sum_over_batch<scalar_t>(dbias);
   });
-  return {du, ddelta, dz, dA_be.sum(0), dBacc.sum(0), dCacc.sum(0), dD_be.sum(0),
-          dbias_be.sum(0), dh0};
+  return {du, ddelta, dz, dA_sum, dB, dC, dD_sum, dbias_sum, grad_h};
 }
 
 }  // namespace
