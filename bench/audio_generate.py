@@ -2,7 +2,7 @@
 forward.
 
     python -m mambaseq.bench.audio_generate [--quick] [--preset paper] [--sample-rate 16000] \
-        [--seconds 1] [--batch 1] [--out bench/results]
+        [--seconds 1] [--batch 1] [--baseline /tmp/base-step] [--out bench/results]
 
 On one model (the preset with random weights, or ``--model DIR``: a step costs the same
 whatever the weights), it measures:
@@ -13,6 +13,9 @@ whatever the weights), it measures:
 - generation of ``--seconds`` of audio at ``--sample-rate``, one ``AudioLM.step`` per sample
   (``mamba_audio.sampler.generate``): the time of every step, and the mean of the last 1000
   over the first 1000 (about 1: a step's cost does not grow along the clip);
+- with ``--baseline CHECKOUT``: ms per sample of ``AudioLM.step`` here and in an older
+  checkout, same weights and threads, the same greedy loop (argmax fed back) timed on both
+  sides, the older one in a child process (``bench.baseline``);
 - the alternative, re-running the full forward over the t samples so far for every new
   sample: forward time at several t up to the clip length, each against the mean step
   time, and the whole clip's re-run cost integrated over t (piecewise linear in t through
@@ -25,8 +28,9 @@ import sys
 import numpy as np
 import torch
 
+from mambaseq.bench.baseline import time_baseline_step, time_wall_and_cpu
 from mambaseq.bench.report import (bench_parser, fmt, machine_info, machine_line, markdown_table,
-                          time_call, write_results)
+                                   time_call, write_results)
 from mambaseq.mamba_audio.model import AudioLM
 from mambaseq.mamba_audio.sampler import generate
 
@@ -55,6 +59,21 @@ def forward_times(model, lengths, batch, repeats):
         out[t] = time_call(lambda: model(tokens), repeats=repeats)["median_s"]
         print(f"  forward over {t} samples: {out[t]:.3f} s", flush=True)
     return out
+
+
+@torch.no_grad()
+def greedy_step_seconds(model, batch, samples, repeats):
+    """Wall and CPU seconds of ``samples`` greedy steps (argmax fed back) from a warmed cache,
+    ``repeats`` times (``bench.baseline.timing``): the loop ``bench.baseline`` runs on an
+    older checkout."""
+    cache = model.allocate_cache(batch)
+    tok = torch.zeros(batch, dtype=torch.long)
+
+    def run():
+        nonlocal tok
+        for _ in range(samples):
+            tok = model.step(tok, cache).argmax(-1)
+    return time_wall_and_cpu(run, repeats)
 
 
 def rerun_cost(times, n_samples):
@@ -87,6 +106,21 @@ def run(args):
           f"{n_samples} samples at {rate} Hz, batch {args.batch}", flush=True)
 
     max_diff, scale = step_vs_forward(model, min(args.check, n_samples))
+    versus = None
+    if args.baseline:
+        steps_n = min(args.baseline_samples, n_samples)
+        ours = greedy_step_seconds(model, args.batch, steps_n, args.repeats)
+        base = time_baseline_step(args.baseline, "audio", model, args.batch, steps_n,
+                                  args.repeats)
+        versus = dict(checkout=args.baseline, samples=steps_n, repeats=args.repeats,
+                      ours_ms=ours["median_s"] / steps_n * 1e3,
+                      base_ms=base["median_s"] / steps_n * 1e3,
+                      ours_cpu_ms=ours["cpu_median_s"] / steps_n * 1e3,
+                      base_cpu_ms=base["cpu_median_s"] / steps_n * 1e3, ours=ours, base=base)
+        versus["speedup"] = versus["base_cpu_ms"] / versus["ours_cpu_ms"]
+        print(f"  step per sample: {versus['ours_cpu_ms']:.2f} ms CPU vs "
+              f"{versus['base_cpu_ms']:.2f} in {args.baseline}: {versus['speedup']:.1f}x",
+              flush=True)
     gen = generate(model, args.batch, n_samples, top_p=0.95, seed=0, progress=args.progress)
     steps = gen.step_seconds.numpy()
     edge = min(EDGE, n_samples // 2)
@@ -106,7 +140,7 @@ def run(args):
         forward_seconds={str(t): s for t, s in fwd.items()},
         forward_over_step={str(t): s / mean_step for t, s in fwd.items()},
         rerun_seconds_estimate=rerun, rerun_over_generation=rerun / float(steps.sum()),
-        meta=machine_info("cpu"))
+        threads=torch.get_num_threads(), versus_baseline=versus, meta=machine_info("cpu"))
     md = markdown(result)
     write_results(args.out, args.name, result, md)
     print(md)
@@ -125,11 +159,21 @@ def markdown(r):
         f"{r['step_ms_mean']:.2f} ms/step; first {r['edge_samples']} steps "
         f"{r['step_ms_first']:.2f} ms, last {r['edge_samples']} {r['step_ms_last']:.2f} ms: "
         f"last/first **{r['last_over_first']:.2f}**",
+        *([versus_line(r["versus_baseline"], r)] if r.get("versus_baseline") else []),
         f"- re-running the full forward for every sample instead: about "
         f"{r['rerun_seconds_estimate']:.0f} s for the clip, **{r['rerun_over_generation']:.0f}x** "
         f"the generation's time", "",
         markdown_table(["forward over t samples", "seconds", "x one step"], rows), "",
         machine_line(r["meta"]), ""])
+
+
+def versus_line(v, r):
+    """The Markdown line of the --baseline comparison."""
+    return (f"- step per sample, greedy loop, batch {r['batch']}, {r['threads']} thread(s): "
+            f"{v['ours_cpu_ms']:.2f} ms CPU ({v['ours_ms']:.2f} wall) here vs "
+            f"{v['base_cpu_ms']:.2f} ms CPU ({v['base_ms']:.2f} wall) in {v['checkout']} "
+            f"(same weights, {v['samples']} samples per timing, median of {v['repeats']}): "
+            f"**{v['speedup']:.1f}x** in CPU time")
 
 
 def add_arguments(p):
@@ -143,6 +187,10 @@ def add_arguments(p):
                    help="clip lengths at which the full forward is timed")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--progress", action="store_true", help="progress bar while generating")
+    p.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                   help="also time AudioLM.step of an older source checkout, same weights")
+    p.add_argument("--baseline-samples", type=int, default=1024,
+                   help="samples per timing of the --baseline comparison")
     p.add_argument("--name", default="audio_generate", help="result file name")
 
 

@@ -175,8 +175,37 @@ class TransformerLM(nn.Module):
         return F.linear(self.norm_f(x), self.embedding.weight).float()
 
     def step(self, ids_t, cache):
-        """One token per row: ids_t (B,) -> logits (B, V), read and written at the cache."""
-        return self(ids_t[:, None], cache)[:, 0]
+        """One token per row: ids_t (B,) -> logits (B, V), read and written at the cache.
+
+        The decoding path written with the care ``Mamba.step`` gets: no (B, 1, ...) detour
+        through ``forward``, fused ATen ops (``F.rms_norm``, one qkv projection, the
+        rotation applied to q and k at once, ``scaled_dot_product_attention`` on views of
+        the preallocated cache), nothing allocated that grows with the context.
+        """
+        c = self.config
+        pos = cache.length
+        if pos + 1 > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} positions; {pos + 1} needed")
+        batch, d_head = ids_t.shape[0], c.d_model // c.n_head
+        cos, sin = self.rope(pos + 1, ids_t.device)
+        cos, sin = cos[pos], sin[pos]                                      # (Dh/2,)
+        x = self.embedding(ids_t)                                          # (B, D)
+        for i, blk in enumerate(self.layers):
+            h = F.rms_norm(x, (c.d_model,), blk.norm1.weight, blk.norm1.eps)
+            qk, v = F.linear(h, blk.attn.qkv.weight).view(batch, 3, c.n_head, d_head) \
+                .split([2, 1], dim=1)                                      # (B, 2|1, H, Dh)
+            a, b = qk.chunk(2, dim=-1)
+            qk = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)  # RoPE on q and k
+            cache.k[i, :, :, pos] = qk[:, 1]
+            cache.v[i, :, :, pos] = v[:, 0]
+            y = F.scaled_dot_product_attention(qk[:, 0, :, None], cache.k[i, :, :, :pos + 1],
+                                               cache.v[i, :, :, :pos + 1])  # (B, H, 1, Dh)
+            x = x + F.linear(y.view(batch, c.d_model), blk.attn.out.weight)
+            h = F.rms_norm(x, (c.d_model,), blk.norm2.weight, blk.norm2.eps)
+            x = x + blk.fc2(F.gelu(blk.fc1(h)))
+        cache.length = pos + 1
+        h = F.rms_norm(x, (c.d_model,), self.norm_f.weight, self.norm_f.eps)
+        return F.linear(h, self.embedding.weight).float()
 
 
 def matched_transformer(mamba_lm, d_head=64, device=None, dtype=None):

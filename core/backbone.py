@@ -43,6 +43,11 @@ class Block(nn.Module):
         """(..., D) fp32 residual -> normalised mixer input in the mixer's dtype."""
         return self.norm(residual).to(dtype)
 
+    def step(self, residual, cache):
+        """One step: residual (B, D) fp32 -> residual + mixer(norm(residual)), the sum
+        written into ``residual`` where the mixer's step fuses it (pass a tensor you own)."""
+        return self.mixer.step(residual, cache, pre_norm=self.norm, add_residual=True)
+
 
 def _block_forward(blk, residual, state, dtype):
     """One residual block: (B, L, D) fp32 residual -> (new residual, the mixer's new state)."""
@@ -196,10 +201,9 @@ class MambaBackbone(PretrainedMixin, nn.Module):
     def step(self, x_t, cache):
         """One step: x_t (B, D) -> y_t (B, D); ``cache`` (from ``allocate_cache`` or a
         returned state) is updated in place."""
-        residual = x_t.float()
+        residual = x_t.to(torch.float32, copy=True)       # the blocks add into it in place
         for blk, layer_cache in zip(self.layers, cache):
-            residual = residual + blk.mixer.step(blk.mixer_input(residual, x_t.dtype),
-                                                 layer_cache).float()
+            residual = blk.step(residual, layer_cache)
         return self.norm_f(residual).to(x_t.dtype)
 
 

@@ -216,34 +216,79 @@ class MambaLM(PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 generator=None):
-        """Continue ``prompt_ids`` (B, L0 >= 1) by ``max_new_tokens`` sampled tokens.
+                 generator=None, lengths=None, mask=None, pad_id=0):
+        """Continue each prompt of ``prompt_ids`` (B, L0) by ``max_new_tokens`` sampled tokens.
 
-        The prompt is read in one parallel (chunked if long) forward that returns the
-        recurrent state; each new token then costs one ``step``: O(1) time and memory.
+        Prompts of different lengths come right-padded to L0 with their ``lengths`` (or a
+        padding ``mask``); each row continues from its own last real token. The common
+        prefix (the shortest prompt) is read in one parallel (chunked if long) forward that
+        returns the recurrent state; after it, every row advances one ``step`` per token,
+        feeding its own prompt while it lasts and its samples after: O(1) time and memory
+        per token, and a row's tokens are those it would get generated alone (greedy; a
+        sampled row draws from the same distribution, not the same random numbers).
 
         Args:
             temperature (float, 1.0): 0 = greedy.  top_k (int), top_p (float): filters.
             generator (torch.Generator, optional): same generator state, same output.
+            lengths (B,) ints in [1, L0], optional: real length of each prompt.
+            mask (B, L0), optional: True on real prompt tokens (right-padded), instead of
+                ``lengths``.
+            pad_id (int, 0): fills each row after its last token.
 
         Returns:
-            (B, L0 + max_new_tokens) long: the prompt followed by the new tokens.
+            (B, L0 + max_new_tokens) long: row i holds its lengths[i] prompt tokens, its
+            ``max_new_tokens`` new ones, then ``pad_id`` (none without lengths/mask).
+
+        >>> out = lm.generate(padded, 50, temperature=0, lengths=torch.tensor([12, 30]))
         """
         if prompt_ids.dim() != 2 or prompt_ids.shape[1] == 0:
             raise ValueError(f"prompt_ids must be (batch, length >= 1), got "
                              f"{tuple(prompt_ids.shape)}")
-        logits, state = self(prompt_ids, return_state=True)
+        batch, length = prompt_ids.shape
+        lengths = prompt_lengths(prompt_ids, lengths, mask)
+        start = int(lengths.min())
+        logits, state = self(prompt_ids[:, :start], return_state=True)
         cache = clone_state(state)
         logits_t = logits[:, -1]
-        new = []
-        for i in range(max_new_tokens):
-            tok = sample_logits(logits_t, temperature, top_k, top_p, generator)   # (B,)
-            new.append(tok)
-            if i + 1 < max_new_tokens:
+        out = prompt_ids.new_full((batch, length + max_new_tokens), pad_id)
+        out[:, :length] = prompt_ids
+        last = lengths + max_new_tokens                # (B,) one past each row's last token
+        n_steps = length - start + max_new_tokens      # tokens placed after the prefix
+        for i in range(n_steps):
+            pos = start + i
+            in_prompt = pos < lengths                                            # (B,)
+            tok = out[:, pos].clone() if pos < length else out.new_zeros(batch)
+            if bool(in_prompt.all()):
+                pass
+            elif not bool(in_prompt.any()):
+                tok = sample_logits(logits_t, temperature, top_k, top_p, generator)   # (B,)
+            else:
+                free = ~in_prompt
+                tok[free] = sample_logits(logits_t[free], temperature, top_k, top_p,
+                                          generator)
+            out[:, pos] = torch.where(pos < last, tok, out.new_tensor(pad_id))
+            if i + 1 < n_steps:
                 logits_t = self.step(tok, cache)
-        if not new:
-            return prompt_ids
-        return torch.cat([prompt_ids, torch.stack(new, 1).to(prompt_ids.dtype)], 1)
+        return out
+
+
+def prompt_lengths(prompt_ids, lengths=None, mask=None):
+    """The real length (B,) long of each right-padded prompt: from ``lengths`` or ``mask``,
+    else all L0. Raises ValueError when both are given or a length is outside [1, L0]."""
+    batch, length = prompt_ids.shape
+    if lengths is not None and mask is not None:
+        raise ValueError("generate: give lengths or mask, not both")
+    if mask is not None:
+        lengths = lengths_from_mask(mask, length)
+    if lengths is None:
+        return torch.full((batch,), length, dtype=torch.long, device=prompt_ids.device)
+    lengths = torch.as_tensor(lengths, dtype=torch.long, device=prompt_ids.device)
+    if lengths.shape != (batch,):
+        raise ValueError(f"generate: lengths must be ({batch},), got {tuple(lengths.shape)}")
+    if bool((lengths < 1).any()) or bool((lengths > length).any()):
+        raise ValueError(f"generate: every prompt length must be in [1, {length}], got "
+                         f"{lengths.tolist()}")
+    return lengths
 
 
 @dataclass

@@ -9,8 +9,10 @@ R dt_rank, K d_conv.
 """
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -19,15 +21,42 @@ import torch.nn.functional as F
 from .scan import selective_scan
 from .state_update import selective_state_update
 
+log = logging.getLogger(__name__)
+_LOGGED_BACKENDS = set()               # step backends already announced in the log
+
+
+@dataclass
+class StepWork:
+    """Scratch of the CPU step kernel for one batch of streams, reused at every step so that
+    a step allocates nothing but its output: xn (B, D), xz (B, 2E), xc, dt, y (B, E),
+    dbc (B, R+2N)."""
+    xn: torch.Tensor
+    xz: torch.Tensor
+    xc: torch.Tensor
+    dbc: torch.Tensor
+    dt: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def allocate(cls, batch, d_model, d_inner, dbc_width, like):
+        def new(*shape):
+            return torch.empty(*shape, dtype=like.dtype, device=like.device)
+        return cls(new(batch, d_model), new(batch, 2 * d_inner), new(batch, d_inner),
+                   new(batch, dbc_width), new(batch, d_inner), new(batch, d_inner))
+
 
 @dataclass
 class MambaState:
     """Recurrent state of one Mamba block; also the cache that ``step`` updates in place.
 
-    conv: (B, E, K-1) the last K-1 conv inputs.   ssm: (B, E, N) fp32 SSM state.
+    conv: (B, E, K-1) the last K-1 conv inputs, oldest first.   ssm: (B, E, N) fp32 SSM
+    state (fp64 for an fp64 module). ``forward`` returns one and reads one, so the state
+    after a prompt is a cache ``step`` continues from, and the reverse.
+    work: the step's scratch (``StepWork``), made on the first CPU-kernel step; not state.
     """
     conv: torch.Tensor
     ssm: torch.Tensor
+    work: Optional[StepWork] = field(default=None, repr=False, compare=False)
 
 
 class Mamba(nn.Module):
@@ -80,6 +109,7 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))      # (E,)
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
+        self._A_cache = None            # (key, -exp(A_log)) for step; see inference_A
 
     def allocate_cache(self, batch_size, device=None, dtype=None):
         """Zero state for ``batch_size`` sequences: conv in the module's dtype, ssm in fp32
@@ -126,8 +156,80 @@ class Mamba(nn.Module):
             return out, MambaState(conv=new_conv, ssm=ssm)
         return out
 
-    def step(self, x_t, cache):
-        """One token: x_t (B, D) -> y_t (B, D); ``cache`` (a MambaState) is updated in place."""
+    def inference_A(self, dtype):
+        """A = -exp(A_log) (E, N) in ``dtype``, computed once per weight version: the cache is
+        keyed on A_log's version counter (bumped by every in-place update: optimizer
+        steps, ``load_state_dict``) and storage (``.to()``, a replaced ``.data``)."""
+        p = self._parameters["A_log"]          # (not through nn.Module.__getattr__: hot path)
+        key = (p._version, p.data_ptr(), p.device, dtype)
+        if self._A_cache is None or self._A_cache[0] != key:
+            with torch.no_grad():
+                # fp32 exp then cast, as forward computes it, so fp64 step == forward exactly
+                self._A_cache = (key, (-torch.exp(p.detach().float())).to(dtype).contiguous())
+        return self._A_cache[1]
+
+    def step_backend(self, x_t, cache):
+        """"cpu" (the C++ kernel) for CPU fp32/fp64 without gradients, else "torch" (the
+        PyTorch step, which runs the Triton state update on CUDA and keeps autograd)."""
+        dtype = x_t.dtype
+        if x_t.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
+            return "torch"
+        weight = self._modules["in_proj"]._parameters["weight"]
+        if torch.is_grad_enabled() and (x_t.requires_grad or weight.requires_grad):
+            return "torch"
+        if cache.conv.dtype != dtype or cache.ssm.dtype != dtype or weight.dtype != dtype:
+            return "torch"
+        return "cpu"
+
+    def step(self, x_t, cache, pre_norm=None, add_residual=False):
+        """One token: x_t (B, D) -> y_t (B, D); ``cache`` (a MambaState) is updated in place.
+
+        Args:
+            pre_norm (RMSNorm, optional): normalise x_t first (a pre-norm ``Block``'s norm).
+            add_residual (bool, False): return x_t + y_t (needs ``pre_norm``); the CPU
+                kernel adds into x_t in place, so pass a tensor the caller owns.
+
+        On a CPU in fp32/fp64 without gradients this is one call of the C++ step kernel
+        (``kernels.cpu_step``); elsewhere, or when autograd needs the graph, ``step_torch``.
+        Both compute the same function (tests compare them with ``forward``).
+        """
+        if add_residual and pre_norm is None:
+            raise ValueError("Mamba.step: add_residual=True needs pre_norm")
+        backend = self.step_backend(x_t, cache)
+        if pre_norm is not None and (backend != "cpu" or pre_norm.weight.dtype != x_t.dtype):
+            # not fusable (e.g. an fp32 residual stream into an fp64 block): unfused
+            y = self.step(pre_norm(x_t).to(self.in_proj.weight.dtype), cache)
+            return x_t + y.to(x_t.dtype) if add_residual else y
+        if backend not in _LOGGED_BACKENDS:
+            _LOGGED_BACKENDS.add(backend)
+            log.info("Mamba.step: %s", "C++ CPU kernel" if backend == "cpu" else "PyTorch ops")
+        if backend == "torch":
+            return self.step_torch(x_t, cache)
+        from mambaseq.kernels.cpu_step import mamba_step_cpu
+        if not cache.conv.is_contiguous():          # e.g. the state a forward returned
+            cache.conv = cache.conv.contiguous()
+        if not cache.ssm.is_contiguous():
+            cache.ssm = cache.ssm.contiguous()
+        work = cache.work
+        if work is None or work.xz.shape[0] != x_t.shape[0] or work.xz.dtype != x_t.dtype:
+            work = cache.work = StepWork.allocate(x_t.shape[0], self.d_model, self.d_inner,
+                                                  self.dt_rank + 2 * self.d_state, x_t)
+        # the modules' parameter dicts read directly: nn.Module.__getattr__ costs more than
+        # the rest of this function at generation sizes
+        mods = self._modules
+        in_proj, conv1d, x_proj, dt_proj, out_proj = (
+            mods[n]._parameters for n in ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj"))
+        return mamba_step_cpu(
+            x_t.contiguous(), cache.conv, cache.ssm,
+            None if pre_norm is None else pre_norm.weight,
+            1e-5 if pre_norm is None else pre_norm.eps, add_residual,
+            in_proj["weight"], in_proj["bias"], conv1d["weight"], conv1d["bias"],
+            x_proj["weight"], dt_proj["weight"], dt_proj["bias"], self.inference_A(x_t.dtype),
+            self._parameters["D"].to(x_t.dtype), out_proj["weight"], out_proj["bias"], work)
+
+    def step_torch(self, x_t, cache):
+        """``step`` in PyTorch ops (differentiable; the executable spec of the C++ kernel,
+        and the path on CUDA, where the state update is the Triton kernel)."""
         x, z = self.in_proj(x_t).chunk(2, dim=-1)                         # (B, E) each
         window = torch.cat([cache.conv, x.unsqueeze(-1).to(cache.conv.dtype)], dim=-1)
         cache.conv.copy_(window[..., 1:])                                 # (B, E, K-1)
@@ -136,7 +238,8 @@ class Mamba(nn.Module):
             x = x + self.conv1d.bias
         x = F.silu(x)
         dt, B, C = self._ssm_params(x)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.float()) if torch.is_grad_enabled() else \
+            self.inference_A(torch.float32)
         y = selective_state_update(cache.ssm, x, dt, A, B, C, D=self.D.float(), z=z,
                                    dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
         return self.out_proj(y)

@@ -1,11 +1,15 @@
 """Audio on Mamba: mu-law quantisation, wav/flac/ogg I/O, speech folders split by speaker,
-speech-like demo audio, the SaShiMi-Mamba autoregressive model, its sampler, and NLL in
-bits per sample.
+speech-like demo audio, the SaShiMi-Mamba autoregressive model, its sampler, NLL in bits
+per sample, and the judge of generated clips: a spoken-word classifier and the scores read
+off it (Inception Score, modified IS, AM score, FID).
 
 Dimension names: B batch, L length (samples), C classes (2**bits, 256 by default).
 """
-from .datasets import (FSDD_SPEAKER_REGEX, AudioClips, find_audio_files, speakers_from_csv,
-                       speakers_from_regex, split_files)
+from .classifier import WordClassifier, WordClassifierConfig
+from .datasets import (FSDD_SPEAKER_REGEX, AudioClips, find_audio_files, load_word_clips,
+                       speakers_from_csv, speakers_from_regex, split_files, words_from_folders)
+from .gen_scores import (am_score, frechet_distance, inception_score, modified_inception_score,
+                         score_clips)
 from .io import AudioFileError, load_audio, save_audio
 from .metrics import clip_stats, markov_bits_per_sample, nll_bits
 from .model import PRESETS, AudioLM, AudioLMConfig, stream_nll_bits
@@ -21,4 +25,6 @@ __all__ = [
     "speech_like", "Voice", "write_demo_corpus",
     "AudioLM", "AudioLMConfig", "PRESETS", "generate", "GenerationResult", "save_clips",
     "nll_bits", "stream_nll_bits", "markov_bits_per_sample", "clip_stats",
+    "WordClassifier", "WordClassifierConfig", "words_from_folders", "load_word_clips",
+    "inception_score", "modified_inception_score", "am_score", "frechet_distance", "score_clips",
 ]

@@ -218,3 +218,44 @@ class AudioClips(torch.utils.data.Dataset):
             tokens[b, :len(clip)] = clip.long()
             mask[b, :len(clip)] = True
         return {"tokens": tokens, "mask": mask}
+
+
+def words_from_folders(files, skip=("_unknown_",)) -> list[tuple[Path, str]]:
+    """(file, word) pairs where the word is the name of the file's folder (Speech Commands'
+    layout, ``yes/0a7c2a8d_nohash_0.wav``), leaving out the folders named in ``skip``."""
+    return [(Path(f), Path(f).parent.name) for f in files if Path(f).parent.name not in skip]
+
+
+def load_word_clips(pairs, labels, sample_rate: int, n_samples: int, mu_law_bits: int = 8,
+                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-length clips of labelled files, read as the audio model reads them.
+
+    Each file is resampled, peak-normalised and, when ``mu_law_bits`` is non-zero, passed
+    through that mu-law quantiser and back (so that real clips carry the same quantisation
+    noise as generated ones), then cut or zero-padded at the end to ``n_samples``.
+
+    Args:
+        pairs (list of (path, word)): e.g. from ``words_from_folders``.
+        labels (list of str): class names; class id = index.
+
+    Returns:
+        (waveforms (N, n_samples) float32, class ids (N,) int64).
+
+    Raises:
+        ValueError: no pairs, or a word that is not among ``labels`` (named).
+    """
+    if not pairs:
+        raise ValueError("no labelled clips to load")
+    index = {w: i for i, w in enumerate(labels)}
+    unknown = sorted({w for _, w in pairs} - set(index))
+    if unknown:
+        raise ValueError(f"words {unknown} are not among the labels {list(labels)}")
+    quantizer = Quantizer("mu_law", mu_law_bits) if mu_law_bits else None
+    wavs = torch.zeros(len(pairs), n_samples)
+    for row, (path, _) in enumerate(tqdm(pairs, desc="loading clips", unit="file",
+                                         disable=not progress)):
+        wav, _ = load_audio(path, sample_rate=sample_rate, normalize="peak")
+        if quantizer is not None:
+            wav = quantizer.decode(quantizer.encode(wav))
+        wavs[row, :min(len(wav), n_samples)] = wav[:n_samples]
+    return wavs, torch.tensor([index[w] for _, w in pairs])

@@ -28,15 +28,24 @@ class GenerationResult:
     tokens: (B, L_prime + n_samples) int64, the priming samples (if any) then the new ones.
     step_seconds: (n_samples,) wall time of each generation step (for the constant-time
         check: the last steps should be as fast as the first).
+    prime_seconds: wall time of feeding the priming samples (0 without priming).
     """
     tokens: torch.Tensor
     n_prime: int
     step_seconds: torch.Tensor
+    prime_seconds: float = 0.0
 
     @property
     def samples_per_second(self) -> float:
         """Generated samples (all clips together) per second of generation."""
         return self.tokens.shape[0] * len(self.step_seconds) / float(self.step_seconds.sum())
+
+    @property
+    def samples_per_second_with_priming(self) -> float:
+        """Samples stepped (priming and generated, all clips) per second of the whole run."""
+        steps = self.n_prime + len(self.step_seconds)
+        return self.tokens.shape[0] * steps / (float(self.step_seconds.sum())
+                                               + self.prime_seconds)
 
 
 @torch.no_grad()
@@ -56,7 +65,7 @@ def generate(model, n_clips: int, n_samples: int, temperature: float = 1.0,
             it each clip starts from one silence sample (as after the silence at the start
             of a recording).
         seed (int, 0): seed of the sampling generator.
-        progress (bool, True): tqdm bar.
+        progress (bool, True): one tqdm bar over priming and generation, with samples/s.
 
     Returns:
         GenerationResult.
@@ -78,22 +87,33 @@ def generate(model, n_clips: int, n_samples: int, temperature: float = 1.0,
     was_training = model.training
     model.eval()
     cache = model.allocate_cache(n_clips)
-    for t in tqdm(range(prime.shape[1]), desc="priming", unit="sample",
-                  disable=not progress or not primed, leave=False):
-        logits = model.step(prime[:, t], cache)                            # (B, C)
+    n_prime = prime.shape[1] if primed else 0
     new = torch.empty(n_clips, n_samples, dtype=torch.long, device=device)
     seconds = torch.empty(n_samples, dtype=torch.float64)
-    for t in tqdm(range(n_samples), desc="generating", unit="sample", disable=not progress,
-                  mininterval=1.0):
+    # one bar over priming and generation, all clips together (the batch steps as one)
+    bar = tqdm(total=n_prime + n_samples, desc=f"{n_clips} clips", unit="step",
+               disable=not progress, mininterval=1.0)
+    start = time.perf_counter()
+    for t in range(prime.shape[1]):
+        logits = model.step(prime[:, t], cache)                            # (B, C)
+        if primed:
+            bar.update()
+    prime_seconds = time.perf_counter() - start if primed else 0.0
+    for t in range(n_samples):
         start = time.perf_counter()
         tok = sample_logits(logits, temperature, top_k, top_p, generator=gen)   # (B,)
         new[:, t] = tok
         if t + 1 < n_samples:
             logits = model.step(tok, cache)
         seconds[t] = time.perf_counter() - start
+        bar.update()
+        if t % 1000 == 999:
+            bar.set_postfix_str(f"{n_clips * (t + 1) / float(seconds[:t + 1].sum()):.0f} samples/s")
+    bar.close()
     model.train(was_training)
     kept = prime if primed else prime[:, :0]
-    return GenerationResult(torch.cat([kept, new], 1).cpu(), kept.shape[1], seconds)
+    return GenerationResult(torch.cat([kept, new], 1).cpu(), kept.shape[1], seconds,
+                            prime_seconds)
 
 
 def save_clips(tokens: torch.Tensor, quantizer, sample_rate: int, out_dir,

@@ -41,6 +41,8 @@ COMMANDS = {
     "train-audio": "mambaseq.pipelines.cmd_train_audio",
     "generate-audio": "mambaseq.pipelines.cmd_generate_audio",
     "eval-audio": "mambaseq.pipelines.cmd_eval_audio",
+    "train-word-classifier": "mambaseq.pipelines.cmd_train_word_classifier",
+    "score-audio": "mambaseq.pipelines.cmd_score_audio",
     "bench": "mambaseq.pipelines.cmd_bench",
     "demo": "mambaseq.pipelines.cmd_demo",
     "convert": "mambaseq.pipelines.cmd_convert",

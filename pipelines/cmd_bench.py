@@ -37,8 +37,7 @@ def add_arguments(parser):
 
 # --smoke: sizes small enough for the test suite.
 SMOKE = {
-    "generate": dict(d_model=32, n_layer=2, contexts=[64], batches=[1, 2], tokens=2, repeats=2,
-                     compile=False),
+    "generate": dict(d_model=32, n_layer=2, contexts=[64], batches=[1, 2], tokens=2, repeats=2),
     "train": dict(d_model=32, n_layer=2, lengths=[64], repeats=1),
     "scaling": dict(d_model=16, log2_lengths=[8, 9], repeats=1),
     "audio_generate": dict(preset="tiny", sample_rate=8000, seconds=0.03, check=60,
@@ -113,8 +112,6 @@ def run(args):
             import importlib
             module = importlib.import_module(f"mambaseq.bench.{name}")
             ns = _bench_args(module, args)
-            if name == "generate" and ns.compile is None:
-                ns.compile = not args.quick
             module.run(ns)
     if args.which == "all":
         parts = [(out / f"{n}.md").read_text() for n in BENCHES if (out / f"{n}.md").exists()]

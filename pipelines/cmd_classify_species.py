@@ -304,7 +304,7 @@ def train_parts(args, cfg, species, tokenizer) -> list[dict]:
     return [train_and_score(args, cfg, species, tokenizer, by=args.split_by)]
 
 
-def write_length_results(report: dict, out: Path) -> None:
+def write_length_results(report: dict, out: Path, per_class: int) -> None:
     """OUT/accuracy_vs_length.json and .png from the report's "accuracy_vs_length" rows."""
     rows = report["accuracy_vs_length"]
     (out / "accuracy_vs_length.json").write_text(json.dumps(
@@ -312,8 +312,8 @@ def write_length_results(report: dict, out: Path) -> None:
          "rows": rows}, indent=2) + "\n")
     parts = len(rows[0]["per_part"])
     plot_accuracy_vs_length(rows, out / "accuracy_vs_length.png",
-                            title=f"{len(report['classes'])} species, test regions, "
-                                  f"{rows[0]['test_windows']} windows per length"
+                            title=f"{len(report['classes'])} species, tiles of the test regions "
+                                  f"(at most {per_class} per species and length)"
                                   + (f", {parts} runs" if parts > 1 else ""))
 
 
@@ -349,7 +349,7 @@ def run(args):
         summary.update({k: report[k] for k in ("accuracy_sd", "baseline_accuracy_sd",
                                                f"{kind}_won")})
     if "accuracy_vs_length" in report:
-        write_length_results(report, out)
+        write_length_results(report, out, args.eval_per_class)
         summary["accuracy_vs_length"] = {r["length"]: [round(r["accuracy"], 4),
                                                        round(r["baseline_accuracy"], 4)]
                                          for r in report["accuracy_vs_length"]}

@@ -3,11 +3,16 @@
     mambaseq generate-audio --model runs/audio/model --n 16 --seconds 1 --out gen/ \
         [--prime clip.wav --prime-seconds 0.25] [--temperature 1 --top-p 0.95] [--seed 0]
 
-Writes ``<out>/sample_000.wav``... at the model's rate, ``<out>/spectrograms.png`` (the
-first clips, beside ``--compare`` real clips when given), and prints one JSON object with the
-speed (``samples_per_second``, all clips together) and ``slowdown_last_vs_first``, the
-time per step of the last 1000 steps over the first 1000 (about 1: the cost of a step does
-not grow with the length generated).
+The ``--n`` clips are generated as one batch (every step advances all of them; priming too),
+under one progress bar with the samples/s. Writes ``<out>/sample_000.wav``... at the
+model's rate, ``<out>/spectrograms.png`` (the first clips, beside ``--compare`` real clips
+when given), and prints one JSON object with the speed (``samples_per_second``: generated
+samples of all clips per second of generation; ``samples_per_second_with_priming``: every
+sample stepped, priming included, per second of the whole run) and
+``slowdown_last_vs_first``, the time per step of the last 1000 steps over the first 1000
+(about 1: the cost of a step does not grow with the length generated). ``--score
+CLASSIFIER_DIR`` (a model written by train-word-classifier) adds ``scores``: the generated
+clips' Inception Score, modified IS, AM score and FID (``mamba_audio.gen_scores``).
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from mambaseq.mamba_audio.classifier import WordClassifier
+from mambaseq.mamba_audio.gen_scores import score_clips
 from mambaseq.mamba_audio.io import load_audio
 from mambaseq.mamba_audio.metrics import clip_stats
 from mambaseq.mamba_audio.model import AudioLM
@@ -45,6 +52,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed, same clips")
     parser.add_argument("--compare", metavar="FILE", nargs="*", default=(),
                         help="real clips drawn beside the generated ones in spectrograms.png")
+    parser.add_argument("--score", metavar="CLASSIFIER_DIR", default=None,
+                        help="a word classifier written by train-word-classifier: print the "
+                             "generated clips' Inception Score, modified IS, AM score and FID")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch; a step's ops are tiny, so 1 is usually "
@@ -56,6 +66,7 @@ def run(args):
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = AudioLM.from_pretrained(args.model, device=device).eval()
+    judge = WordClassifier.from_pretrained(args.score) if args.score else None  # fail early
     rate = model.sample_rate
     prime = None
     if args.prime:
@@ -73,13 +84,15 @@ def run(args):
     generated = model.quantizer.decode(result.tokens[:, result.n_prime:])      # (B, L) float
     print(json.dumps({
         "files": [str(p) for p in paths], "sample_rate": rate, "samples": n_samples,
-        "primed_samples": result.n_prime,
+        "primed_samples": result.n_prime, "batch": args.n,
         "samples_per_second": round(result.samples_per_second, 1),
+        "samples_per_second_with_priming": round(result.samples_per_second_with_priming, 1),
         "slowdown_last_vs_first": round(float(steps[-window:].mean() / steps[:window].mean()),
                                         3),
         "generated": median_stats(list(generated)),
         **({"real": median_stats([load_audio(p, sample_rate=rate, normalize="peak")[0]
-                                  for p in args.compare])} if args.compare else {})}))
+                                  for p in args.compare])} if args.compare else {}),
+        **({"scores": score_clips(judge, generated.float().cpu(), rate)} if judge else {})}))
 
 
 def median_stats(clips: list[torch.Tensor]) -> dict:

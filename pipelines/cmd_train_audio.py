@@ -5,8 +5,10 @@
 
 The folder is read recursively, split by speaker (or by file) so that held-out speakers
 are never heard in training, resampled, normalised and mu-law quantised; the shared loop
-trains on random crops and validates on fixed crops of the held-out side. ``<out>/split.json``
-lists both sides; the model lands in ``<out>/model``.
+trains on random crops and validates on fixed crops of the held-out side, or, with
+``--val-fraction``, of validation speakers split off the training side (so that nothing
+chosen on validation has seen the test speakers). ``<out>/split.json`` lists the train,
+validation and test files; the model lands in ``<out>/model``.
 """
 from __future__ import annotations
 
@@ -51,22 +53,46 @@ def add_data_args(parser) -> None:
                    help="scale each clip to peak 1 before quantising, or keep its level")
 
 
+def speakers_of(args, files) -> dict[Path, str] | None:
+    """Speaker of each file by ``--speakers-csv`` or ``--speaker-regex``; None when the
+    split is by file."""
+    if args.split_by != "speaker":
+        return None
+    return (speakers_from_csv(args.speakers_csv, files, root=args.data) if args.speakers_csv
+            else speakers_from_regex(files, args.speaker_regex, root=args.data))
+
+
 def split_from_args(args) -> tuple[list[Path], list[Path]]:
     """(train files, test files) of ``--data`` as the split options say."""
     files = find_audio_files(args.data)
-    speakers = None
-    if args.split_by == "speaker":
-        speakers = (speakers_from_csv(args.speakers_csv, files, root=args.data)
-                    if args.speakers_csv else
-                    speakers_from_regex(files, args.speaker_regex, root=args.data))
+    speakers = speakers_of(args, files)
     test_speakers = args.test_speakers.split(",") if args.test_speakers else None
     return split_files(files, by=args.split_by, test_fraction=args.test_fraction,
                        speakers=speakers, test_speakers=test_speakers, seed=args.split_seed)
 
 
+def add_validation_arg(parser) -> None:
+    """``--val-fraction``: validation speakers split off the training side."""
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="validate on this share of the training speakers (or files), "
+                             "split off like the test side and never trained on, so that "
+                             "choices made on validation never see the test side; 0 "
+                             "validates on the test side")
+
+
+def validation_split(args, train_files, test_files) -> tuple[list[Path], list[Path]]:
+    """(train files, validation files): ``--val-fraction`` of the training speakers (or
+    files) set apart, or the test files when it is 0."""
+    if not args.val_fraction:
+        return train_files, test_files
+    return split_files(train_files, by=args.split_by, test_fraction=args.val_fraction,
+                       speakers=speakers_of(args, train_files), seed=args.split_seed + 1)
+
+
 def add_arguments(parser) -> None:
     add_training_args(parser)
     add_data_args(parser)
+    add_validation_arg(parser)
     g = parser.add_argument_group("audio model")
     g.add_argument("--preset", choices=sorted(PRESETS), default="small",
                    help="model size: paper (~6.2M parameters, the Mamba paper's SC09 model), "
@@ -77,7 +103,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--quantizer", choices=KINDS, default="mu_law", help="amplitude quantiser")
     g.add_argument("--bits", type=int, default=8, help="quantiser bits (2**bits classes)")
     g.add_argument("--val-batches", type=int, default=8,
-                   help="fixed held-out crop batches scored at each validation")
+                   help="fixed validation crop batches scored at each validation")
     # The shared --d-model/--n-layer default to the preset's (--n-layer = blocks per stage).
     parser.set_defaults(d_model=None, n_layer=None, seq_len=2048, batch_size=8, lr=2e-3,
                         weight_decay=0.0, warmup_steps=50)
@@ -94,6 +120,7 @@ def lm_loss(model, batch):
 
 def run(args):
     train_files, test_files = split_from_args(args)
+    train_files, val_files = validation_split(args, train_files, test_files)
     rate = args.sample_rate or load_audio(train_files[0])[1]
     preset = PRESETS[args.preset]
     args.d_model = args.d_model or preset["d_model"]
@@ -107,22 +134,23 @@ def run(args):
         raise ValueError(f"--seq-len {cfg.seq_len} must be a multiple of {model.total_pool} "
                          "(the product of the pooling factors)")
     train_clips = AudioClips.from_files(train_files, rate, model.quantizer, args.normalize)
-    test_clips = AudioClips.from_files(test_files, rate, model.quantizer, args.normalize)
+    val_clips = AudioClips.from_files(val_files, rate, model.quantizer, args.normalize)
     main = is_main_process()
     if main:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "split.json").write_text(json.dumps(
-            {"train": [str(f) for f in train_files], "test": [str(f) for f in test_files]},
+            {"train": [str(f) for f in train_files], "validation": [str(f) for f in val_files],
+             "test": [str(f) for f in test_files]},
             indent=1) + "\n")
-        print(f"train-audio: {len(train_files)} train files ({train_clips.n_samples / rate:.0f} s), "
-              f"{len(test_files)} held-out files ({test_clips.n_samples / rate:.0f} s) at "
-              f"{rate} Hz")
+        print(f"train-audio: {len(train_files)} train files "
+              f"({train_clips.n_samples / rate:.0f} s), {len(val_files)} validation files "
+              f"({val_clips.n_samples / rate:.0f} s), {len(test_files)} test files at {rate} Hz")
 
     def get_batch(index, seq_len, batch_size, rank, world_size):
         return train_clips.crops(index, seq_len, batch_size, rank, world_size, seed=cfg.seed)
 
-    val_batches = [test_clips.crops(i, cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
+    val_batches = [val_clips.crops(i, cfg.seq_len, cfg.batch_size, seed=cfg.seed + 1)
                    for i in range(args.val_batches)]
 
     def eval_fn(model):

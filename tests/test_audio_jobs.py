@@ -61,6 +61,7 @@ def test_jobs_end_to_end_on_demo_audio(tmp_path, capsys):
                      "--prime-seconds", "0.005", "--seed", "3", "--compare", str(prime)]) == 0
     report = _last_json(capsys.readouterr().out)
     assert report["samples_per_second"] > 0 and report["primed_samples"] == 40
+    assert report["batch"] == 2 and report["samples_per_second_with_priming"] > 0
     for path in report["files"]:
         info = sf.info(path)
         assert info.samplerate == 8000 and info.frames == 40 + 80

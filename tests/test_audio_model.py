@@ -136,6 +136,19 @@ def test_generation_is_deterministic_and_primed(model, tmp_path):
     assert torch.allclose(wav, model.quantizer.decode(a.tokens[0]), atol=1e-4)
 
 
+def test_a_batch_of_clips_equals_each_clip_alone(model):
+    """The clips of one batch are independent streams: greedy clips from different primes,
+    generated together, are those generated one at a time."""
+    primes = _tokens(3, 21, seed=4)
+    together = generate(model, n_clips=3, n_samples=30, temperature=0, prime=primes,
+                        progress=False)
+    assert together.prime_seconds > 0 and together.samples_per_second_with_priming > 0
+    for i in range(3):
+        alone = generate(model, n_clips=1, n_samples=30, temperature=0, prime=primes[i:i + 1],
+                         progress=False)
+        assert torch.equal(together.tokens[i], alone.tokens[0])
+
+
 def test_generation_cache_does_not_grow_with_length(model):
     sizes = []
     for n in (16, 64):

@@ -1,4 +1,4 @@
-"""Benchmarks: the baseline Transformer, the fused Mamba step, and the bench plumbing.
+"""Benchmarks: the baseline Transformer and the bench plumbing.
 
 Nothing here is timed as a pass/fail criterion; the plumbing runs on tiny sizes.
 """
@@ -10,18 +10,7 @@ import torch
 from mambaseq.bench.report import loglog_slope, markdown_table, time_call
 from mambaseq.bench.transformer import TransformerLM, count_parameters, matched_transformer
 from mambaseq.core import MambaLM
-from mambaseq.core.fast_step import FastStepper, fast_generate
 from mambaseq.pipelines.cli import main as cli_main
-
-
-def perturbed_lm(vocab=16, d_model=32, n_layer=2, seed=0, **kw):
-    """A MambaLM whose weights are all off their init (so folded norms/biases matter)."""
-    torch.manual_seed(seed)
-    lm = MambaLM(vocab, d_model, n_layer, **kw).eval()
-    with torch.no_grad():
-        for p in lm.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return lm
 
 
 @pytest.mark.parametrize("d_model,n_layer", [(64, 2), (128, 4), (256, 8)])
@@ -64,47 +53,6 @@ def test_kv_cache_overflow_is_an_error():
         tf(torch.zeros(1, 5, dtype=torch.long), cache=cache)
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("d_conv,bias", [(4, False), (3, True)])
-def test_fast_step_equals_mamba_step(batch, d_conv, bias):
-    lm = perturbed_lm(d_conv=d_conv)
-    if bias:  # in/out_proj biases exist only when asked for; give the fused path some
-        for blk in lm.backbone.layers:
-            m = blk.mixer
-            m.in_proj.bias = torch.nn.Parameter(torch.randn(m.in_proj.out_features) * 0.1)
-            m.out_proj.bias = torch.nn.Parameter(torch.randn(m.out_proj.out_features) * 0.1)
-    cache = lm.allocate_cache(batch)
-    fast = FastStepper(lm, batch)
-    ids = torch.randint(0, 16, (batch, 25))
-    with torch.no_grad():
-        for t in range(25):
-            torch.testing.assert_close(fast.step(ids[:, t]), lm.step(ids[:, t], cache),
-                                       atol=1e-5, rtol=1e-4)
-    for mine, ref in zip(fast.state(), cache):
-        torch.testing.assert_close(mine.ssm, ref.ssm, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(mine.conv, ref.conv, atol=1e-5, rtol=1e-4)
-
-
-def test_fast_step_continues_from_a_forward_state():
-    lm = perturbed_lm()
-    ids = torch.randint(0, 16, (2, 40))
-    with torch.no_grad():
-        full = lm(ids)
-        _, state = lm(ids[:, :30], return_state=True)
-        fast = FastStepper(lm, 2)
-        fast.load_state(state)
-        stepped = torch.stack([fast.step(ids[:, t]) for t in range(30, 40)], 1)
-    torch.testing.assert_close(stepped, full[:, 30:], atol=1e-4, rtol=1e-4)
-
-
-def test_fast_generate_equals_generate():
-    lm = perturbed_lm()
-    prompt = torch.randint(0, 16, (2, 7))
-    a = lm.generate(prompt, 20, temperature=0.0)
-    b = fast_generate(lm, prompt, 20, temperature=0.0)
-    assert torch.equal(a, b)
-
-
 def test_report_helpers():
     t = time_call(lambda: None, repeats=3, warmup=1)
     assert len(t["raw_s"]) == 3 and t["median_s"] >= 0
@@ -120,7 +68,7 @@ def test_bench_all_smoke_writes_json_markdown_png(tmp_path):
         assert "load_average_1_5_15" in data["meta"]
         assert (tmp_path / f"{name}.md").read_text().startswith("###")
     gen = json.loads((tmp_path / "generate.json").read_text())
-    assert {r["model"] for r in gen["rows"]} == {"mamba_step", "mamba_fused", "transformer_kv"}
+    assert {r["model"] for r in gen["rows"]} == {"mamba_step", "transformer_kv"}
     assert all(len(r["raw_s"]) == r["repeats"] for r in gen["rows"])
     assert "| context | batch |" in (tmp_path / "generate.md").read_text()
     train = json.loads((tmp_path / "train.json").read_text())
