@@ -23,6 +23,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -101,6 +102,38 @@ def build_key(source: str, flags, cxx_version: str, cpu: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
+def source_with_headers(source_path: Path) -> str:
+    """The text of ``source_path`` followed by that of every local header it includes
+    (``#include "name.h"`` beside it), so that editing a shared header changes the build
+    key of every source that includes it."""
+    text = source_path.read_text()
+    headers = re.findall(r'^\s*#include\s+"([^"]+)"', text, flags=re.M)
+    return "\0".join([text] + [(source_path.parent / h).read_text() for h in headers])
+
+
+def load_kernel(filename: str, module_name: str, what: str, user: str):
+    """Import the extension built from ``kernels/csrc/<filename>`` (see ``load_extension``),
+    announcing a first build in one line and logging once which kernel runs.
+
+    Args:
+        filename: the C++ file in kernels/csrc.  module_name: prefix of the built module.
+        what: the kernel in words ("C++ CPU scan kernel").  user: who needs it, for messages.
+    Raises:
+        RuntimeError: the build failed; says what it needs and the compiler's last lines.
+    """
+    source = Path(__file__).with_name("csrc") / filename
+    try:
+        module = load_extension(
+            module_name, source,
+            announce=f"mambaseq: compiling the {what} (once for this source, torch and CPU; "
+                     f"about a minute) into {cache_root()}")
+    except (RuntimeError, OSError) as err:
+        raise RuntimeError(f"{user}: could not build the {what} (needs a C++17 compiler such "
+                           f"as g++ and the 'ninja' package): {err}") from err
+    log.info("%s: using the %s", user, what)
+    return module
+
+
 def _import_built(name: str, so_path: Path):
     spec = importlib.util.spec_from_file_location(
         name, so_path, loader=importlib.machinery.ExtensionFileLoader(name, str(so_path)))
@@ -128,7 +161,7 @@ def load_extension(name: str, source_path: Path, announce: str):
         RuntimeError: the build failed; the message holds the compiler's last lines.
     """
     cxx = compiler()
-    source = source_path.read_text()
+    source = source_with_headers(source_path)
     cpu, version = cpu_signature(), compiler_version(cxx)
 
     def cached(flags):

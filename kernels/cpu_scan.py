@@ -11,16 +11,13 @@ Dimension names: B batch, E d_inner, N d_state, G groups, L length.
 from __future__ import annotations
 
 import functools
-import logging
-from pathlib import Path
 
 import torch
 
 from . import ops
-from .cpu_build import cache_root, load_extension
+from .cpu_build import load_kernel
 from .scan_args import check_scan_args
 
-log = logging.getLogger(__name__)
 
 CHECKPOINT_CHUNK = 128  # steps between saved states; the backward recomputes inside a chunk
 # Elements of each of the backward's dB and dC partial-sum buffers (per block of 8 channels,
@@ -32,18 +29,8 @@ PARTIAL_BUDGET = 1 << 20
 def load_cpu_extension():
     """Import the C++ scan kernel, compiling it first if this source, these flags, this
     torch and this CPU have no build yet (see ``kernels.cpu_build``)."""
-    source = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
-    try:
-        module = load_extension(
-            "mambaseq_scan_cpu", source,
-            announce="mambaseq: compiling the C++ CPU scan kernel (once for this source, torch "
-                     f"and CPU; about a minute) into {cache_root()}")
-    except (RuntimeError, OSError) as err:
-        raise RuntimeError(
-            "selective_scan: could not build the C++ CPU kernel (needs a C++17 compiler such as "
-            f"g++ and the 'ninja' package): {err}") from err
-    log.info("selective_scan: using the C++ CPU kernel")
-    return module
+    return load_kernel("selective_scan_cpu.cpp", "mambaseq_scan_cpu", "C++ CPU scan kernel",
+                       user="selective_scan")
 
 
 def _grouped(bc):

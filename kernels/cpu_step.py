@@ -11,30 +11,17 @@ Dimension names: B batch, D d_model, E d_inner, N d_state, R dt_rank, K d_conv.
 from __future__ import annotations
 
 import functools
-import logging
-from pathlib import Path
 
-from .cpu_build import cache_root, load_extension
+from .cpu_build import load_kernel
 
-log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
 def load_step_extension():
     """Import the C++ step kernel, building it first when this source, these flags, this
     torch and this CPU have no build yet. Raises RuntimeError naming what is missing."""
-    source = Path(__file__).with_name("csrc") / "step_cpu.cpp"
-    try:
-        module = load_extension(
-            "mambaseq_step_cpu", source,
-            announce="mambaseq: compiling the C++ CPU step kernel (once for this source, torch "
-                     f"and CPU; about a minute) into {cache_root()}")
-    except (RuntimeError, OSError) as err:
-        raise RuntimeError(
-            "Mamba.step: could not build the C++ CPU step kernel (needs a C++17 compiler such "
-            f"as g++ and the 'ninja' package): {err}") from err
-    log.info("Mamba.step: using the C++ CPU step kernel")
-    return module
+    return load_kernel("step_cpu.cpp", "mambaseq_step_cpu", "C++ CPU step kernel",
+                       user="Mamba.step")
 
 
 def mamba_step_cpu(x, conv, ssm, norm_weight, eps, add_residual, w_in, b_in, w_conv, b_conv,

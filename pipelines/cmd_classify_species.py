@@ -162,6 +162,8 @@ def pretrain(args, cfg, split_bed: Path) -> Path:
     (into OUT/pretrain, resumed when it is there); returns its model folder."""
     from mambaseq.pipelines import cli
     out = Path(cfg.out) / "pretrain"
+    if (out / "model").is_dir() and (out / "report.json").is_file():
+        return out / "model"                                   # finished in an earlier run
     argv = ["pretrain-genome", "--split-bed", str(split_bed), "--out", str(out),
             "--objective", "clm" if args.causal else "mlm",
             "--steps", str(args.pretrain_steps), "--seq-len", str(cfg.seq_len),
@@ -175,8 +177,6 @@ def pretrain(args, cfg, split_bed: Path) -> Path:
         argv.append("--resume")
     if args.decompress_gzip:
         argv.append("--decompress-gzip")
-    if (out / "model").is_dir() and (out / "report.json").is_file():
-        return out / "model"                                   # finished in an earlier run
     if cli.main(argv) != 0:
         raise ValueError(f"the pretraining step failed (its error is above); its folder: {out}")
     return out / "model"

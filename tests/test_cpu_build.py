@@ -106,3 +106,13 @@ def _running(pid):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
 def test_the_cpu_signature_names_the_cpu_features():
     assert "flags" in cpu_build.cpu_signature() or "Features" in cpu_build.cpu_signature()
+
+
+def test_an_edited_local_header_changes_the_build_key(tmp_path):
+    (tmp_path / "k.cpp").write_text('#include "shared.h"\n' + TINY)
+    (tmp_path / "shared.h").write_text("inline int one() { return 1; }\n")
+    before = cpu_build.source_with_headers(tmp_path / "k.cpp")
+    (tmp_path / "shared.h").write_text("inline int one() { return 2; }\n")
+    after = cpu_build.source_with_headers(tmp_path / "k.cpp")
+    assert before != after and "return 2" in after
+    assert cpu_build.build_key(before, [], "", "") != cpu_build.build_key(after, [], "", "")

@@ -33,6 +33,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "fast_math.h"
+
 namespace {
 
 constexpr int64_t kMaxConv = 16;
@@ -40,30 +42,7 @@ constexpr int64_t kGrain = 256;      // channels per thread chunk
 constexpr int64_t kRowGrain = 128;   // weight rows per thread chunk
 constexpr int64_t kMaxDotBatch = 8;  // above this batch the projections go to ATen's mm
 
-// exp(x), relative error ~1e-7, vectorisable (no libm call): x = (i + f) ln 2, 2^f by a
-// degree-6 polynomial on [-1/2, 1/2], 2^i added to the exponent bits. The same
-// approximation as the scan kernel's (selective_scan_cpu.cpp), so step and forward round
-// alike.
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float t = x * 1.44269504088896341f;
-  const float fi = std::nearbyint(t);
-  const float f = t - fi;
-  float p = 1.546973208e-04f;
-  p = p * f + 1.340043217e-03f;
-  p = p * f + 9.618025603e-03f;
-  p = p * f + 5.550327214e-02f;
-  p = p * f + 2.402265121e-01f;
-  p = p * f + 6.931472067e-01f;
-  p = p * f + 1.000000000e+00f;
-  int32_t bits;
-  std::memcpy(&bits, &p, sizeof(bits));
-  bits += static_cast<int32_t>(fi) << 23;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
-inline double fast_exp(double x) { return std::exp(x); }
+using mambaseq::fast_exp;
 
 template <typename T>
 inline T silu(T x) { return x / (T(1) + fast_exp(-x)); }
