@@ -192,6 +192,21 @@ def test_predict_species_end_to_end(trained, tmp_path):
     assert sum(report["short"]["mean_probabilities"].values()) == pytest.approx(1.0)
 
 
+def test_a_classifier_trained_on_both_strands_calls_both_strands_alike(trained, tmp_path):
+    """classify-species trains on both strands by default, so its model averages a window
+    with its reverse complement: a record and its reverse complement get the same row."""
+    from mambaseq.mamba_bio.tokenizers import reverse_complement
+    model_dir = trained["run"] / "model"
+    assert json.loads((model_dir / "config.json").read_text())["config"]["strand_average"]
+    seq = trained["genomes"]["b"][0][100:164]
+    fasta = write_fasta(tmp_path / "two.fa", {"fwd": seq, "rc": reverse_complement(seq)})
+    out = tmp_path / "p.tsv"
+    assert main(["predict-species", "--model", str(model_dir), "--fasta", str(fasta),
+                 "--out", str(out), "--window", "64"]) == 0
+    fwd, rc = ([float(r[c]) for c in CLASSES] for r in read_tsv(out))
+    np.testing.assert_allclose(fwd, rc, atol=1e-5)
+
+
 def test_plain_bgzip_and_gzip_fasta_give_the_same_rows(trained, tmp_path, monkeypatch, capsys):
     records = {"x": trained["genomes"]["b"][0][:300], "y": trained["genomes"]["c"][1][:130]}
     plain = write_fasta(tmp_path / "p.fa", records)
