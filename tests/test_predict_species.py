@@ -19,13 +19,12 @@ from mambaseq import core
 from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.predict import (CLASSES_FILE, load_classifier, predict_records,
                                         predict_windows, window_spans)
-from mambaseq.mamba_bio.simulate import simulate_genomes, write_fasta, write_species_fastas
+from mambaseq.mamba_bio.simulate import write_fasta
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines import cmd_predict_species
 from mambaseq.pipelines.cli import main
+from species_data import TINY, simulated_species
 
-TINY = ["--d-model", "8", "--n-layer", "1", "--d-state", "4", "--batch-size", "2",
-        "--warmup-steps", "1", "--log-every", "1"]
 CLASSES = ["a", "b", "c"]
 
 
@@ -52,9 +51,7 @@ def trained(tmp_path_factory):
     simulated species, with checkpoints (step_*, best) beside its model/ folder, and the
     species' FASTA files."""
     root = tmp_path_factory.mktemp("predict")
-    genomes = simulate_genomes("((a:0.02,b:0.02):0.1,c:0.1);", length=1500, n_chromosomes=2,
-                               seed=4)
-    fastas = write_species_fastas(root / "sim", genomes)
+    genomes, fastas = simulated_species(root / "sim")
     out = root / "cls"
     assert main(["classify-species", "--species", *[f"{k}={v}" for k, v in fastas.items()],
                  "--out", str(out), "--steps", "2", "--seq-len", "64", "--eval-per-class", "2",
