@@ -75,6 +75,54 @@ inline double fast_softplus(double x) { return x > 20.0 ? x : std::log1p(std::ex
 template <typename T>
 inline T fast_sigmoid(T x) { return T(1) / (T(1) + fast_exp(-x)); }
 
+// One value per lane of a block as a GCC/Clang vector (kLanes floats: one AVX register),
+// so that per-state values of the inner loops (running sums, decays) stay in registers;
+// compilers lower the type to whatever SIMD the CPU has, or to scalars.
+template <typename T>
+struct LaneVector {
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T)), may_alias));
+};
+template <typename T>
+using Vec = typename LaneVector<T>::type;
+
+template <typename T>
+inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void store(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
+
+// fast_exp (fast_math.h) on every lane at once, same steps and polynomial. 2^i is added to
+// the exponent bits as (t + 1.5 2^23)'s low bits shifted up, which rounds t to the nearest
+// integer as nearbyint does.
+inline Vec<float> exp_lanes(Vec<float> x) {
+  typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+#if defined(__AVX__)
+  static_assert(sizeof(Vec<float>) == sizeof(__m256), "one AVX register");
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+#else
+  x = x < -87.0f ? Vec<float>{} - 87.0f : x;
+  x = x > 88.0f ? Vec<float>{} + 88.0f : x;
+#endif
+  const Vec<float> t = x * 1.44269504088896341f;
+  const Vec<float> shifted = t + 12582912.0f;          // 1.5 2^23: integer part in low bits
+  const Vec<float> f = t - (shifted - 12582912.0f);
+  Vec<float> p = f * 1.546973208e-04f + 1.340043217e-03f;
+  p = p * f + 9.618025603e-03f;
+  p = p * f + 5.550327214e-02f;
+  p = p * f + 2.402265121e-01f;
+  p = p * f + 6.931472067e-01f;
+  p = p * f + 1.000000000e+00f;
+  return reinterpret_cast<Vec<float>>(reinterpret_cast<Bits>(p) +
+                                      (reinterpret_cast<Bits>(shifted) << 23));
+}
+inline Vec<double> exp_lanes(Vec<double> x) {
+  for (int64_t j = 0; j < kLanes; ++j) x[j] = std::exp(x[j]);
+  return x;
+}
+
 // A (B, E, L) tensor addressed through its strides.
 template <typename T>
 struct Seq {
@@ -227,12 +275,13 @@ inline T combine_chains(const T (*acc)[kLanes], int64_t j) {
 // Forward of one block: h_t = exp(dt A) h + dt u B_t, y_t = (C_t.h_t + D u) silu(z).
 template <typename T>
 void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT, T* ckpt) {
+  using V = Vec<T>;
   const int64_t N = a.d_state, L = a.length;
   const LaneParams<T> p(a, k);
-  alignas(64) T h[kMaxState][kLanes];
+  V h[kMaxState];
   alignas(64) T u[kTile][kLanes], dt[kTile][kLanes], gate[kTile][kLanes], out[kTile][kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) {
-    for (int64_t n = 0; n < N; ++n) {
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t j = 0; j < kLanes; ++j) {
       h[n][j] = j < k.width ? a.h0[((k.b * a.d_inner) + k.e0 + j) * N + n] : T(0);
     }
   }
@@ -258,22 +307,14 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
       }
       const T* Bt = a.Bm.step(k.b, k.g, t);
       const T* Ct = a.Cm.step(k.b, k.g, t);
-      alignas(64) T acc[kChains][kLanes] = {};
-      alignas(64) T dtu[kLanes];
-      for (int64_t j = 0; j < kLanes; ++j) dtu[j] = dt[s][j] * u[s][j];
+      const V dts = load(dt[s]), dtu = dts * load(u[s]);
+      V acc[kChains] = {};
       over_states(N, [&](int64_t n, int64_t c) {
-        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
-#pragma omp simd
-        for (int64_t j = 0; j < kLanes; ++j) {
-          h[n][j] = fast_exp(dt[s][j] * p.A[n][j]) * h[n][j] + dtu[j] * bn;
-          acc[c][j] += h[n][j] * cn;
-        }
+        h[n] = exp_lanes(dts * load(p.A[n])) * h[n] + dtu * Bt[n * a.Bm.sn];
+        acc[c] += h[n] * Ct[n * a.Cm.sn];
       });
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const T pre = combine_chains(acc, j) + p.D[j] * u[s][j];
-        out[s][j] = a.has_z ? pre * gate[s][j] : pre;
-      }
+      const V pre = (acc[0] + acc[1]) + (acc[2] + acc[3]) + load(p.D) * load(u[s]);
+      store(out[s], a.has_z ? pre * load(gate[s]) : pre);
     }
     unstage(y, k.b, k.e0, k.width, t0, steps, out);
   }
@@ -334,29 +375,27 @@ struct Grads {
   int64_t segment;       // steps per segment
 };
 
-// Scratch of one worker: one chunk's states and decays, and staged tiles.
+// Scratch of one worker: one chunk's states and decays (rows of N lane vectors), and
+// staged tiles.
 template <typename T>
 struct ChunkBuffers {
-  std::vector<T> h, decay;
-  std::vector<T> tiles;
+  std::vector<Vec<T>> h, decay, tiles;
   int64_t K;
   ChunkBuffers(int64_t chunk, int64_t N)
-      : h((chunk + 1) * N * kLanes), decay(chunk * N * kLanes),
-        tiles(9 * chunk * kLanes), K(chunk) {}
-  T (*row(std::vector<T>& v, int64_t s, int64_t N))[kLanes] {
-    return reinterpret_cast<T(*)[kLanes]>(v.data() + s * N * kLanes);
-  }
-  T (*tile(int64_t i))[kLanes] { return reinterpret_cast<T(*)[kLanes]>(tiles.data() + i * K * kLanes); }
+      : h((chunk + 1) * N), decay(chunk * N), tiles(9 * chunk), K(chunk) {}
+  static Vec<T>* row(std::vector<Vec<T>>& v, int64_t s, int64_t N) { return v.data() + s * N; }
+  T (*tile(int64_t i))[kLanes] { return reinterpret_cast<T(*)[kLanes]>(tiles.data() + i * K); }
 };
 
 // Backward of one block over the chunks of [seg0, seg1), last chunk first.
 template <typename T>
 void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const Grads<T>& g,
                     const Carry<T>& carry, int64_t seg0, int64_t seg1, ChunkBuffers<T>& buf) {
+  using V = Vec<T>;
   const int64_t N = a.d_state, K = a.chunk;
   const LaneParams<T> p(a, k);
-  alignas(64) T grad_h[kMaxState][kLanes], dA[kMaxState][kLanes];
-  alignas(64) T dD[kLanes], dbias[kLanes];
+  V grad_h[kMaxState], dA[kMaxState];
+  V dD, dbias;
   const int64_t be0 = k.b * a.d_inner + k.e0;
   for (int64_t j = 0; j < kLanes; ++j) {
     const bool on = j < k.width;
@@ -383,7 +422,7 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
     stage(a.delta, k.b, k.e0, k.width, t0, steps, dt, T(0));
     step_sizes(a, p, steps, dt, slope);
     // Recompute the chunk: H row s is the state before step t0 + s.
-    T (*h0)[kLanes] = buf.row(buf.h, 0, N);
+    Vec<T>* h0 = buf.row(buf.h, 0, N);
     for (int64_t j = 0; j < kLanes; ++j) {
       for (int64_t n = 0; n < N; ++n) {
         h0[n][j] = j < k.width ? ckpt[((be0 + j) * a.n_chunks() + c) * N + n] : T(0);
@@ -392,23 +431,18 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
     for (int64_t s = 0; s < steps; ++s) {
       const T* Bt = a.Bm.step(k.b, k.g, t0 + s);
       const T* Ct = a.Cm.step(k.b, k.g, t0 + s);
-      T (*prev)[kLanes] = buf.row(buf.h, s, N);
-      T (*next)[kLanes] = buf.row(buf.h, s + 1, N);
-      T (*dec)[kLanes] = buf.row(buf.decay, s, N);
-      alignas(64) T acc[kChains][kLanes] = {};
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) dtu[s][j] = dt[s][j] * u[s][j];
+      const V* prev = buf.row(buf.h, s, N);
+      V* next = buf.row(buf.h, s + 1, N);
+      V* dec = buf.row(buf.decay, s, N);
+      const V dts = load(dt[s]), dtus = dts * load(u[s]);
+      store(dtu[s], dtus);
+      V acc[kChains] = {};
       over_states(N, [&](int64_t n, int64_t c) {
-        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
-#pragma omp simd
-        for (int64_t j = 0; j < kLanes; ++j) {
-          dec[n][j] = fast_exp(dt[s][j] * p.A[n][j]);
-          next[n][j] = dec[n][j] * prev[n][j] + dtu[s][j] * bn;
-          acc[c][j] += next[n][j] * cn;
-        }
+        dec[n] = exp_lanes(dts * load(p.A[n]));
+        next[n] = dec[n] * prev[n] + dtus * Bt[n * a.Bm.sn];
+        acc[c] += next[n] * Ct[n * a.Cm.sn];
       });
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) pre[s][j] = combine_chains(acc, j) + p.D[j] * u[s][j];
+      store(pre[s], (acc[0] + acc[1]) + (acc[2] + acc[3]) + load(p.D) * load(u[s]));
     }
     // Output side: y = pre * silu(z); gy = dL/d(pre).
     stage(g.dy, k.b, k.e0, k.width, t0, steps, gy, T(0));
@@ -428,35 +462,32 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
     for (int64_t s = steps - 1; s >= 0; --s) {
       const T* Bt = a.Bm.step(k.b, k.g, t0 + s);
       const T* Ct = a.Cm.step(k.b, k.g, t0 + s);
-      const T (*prev)[kLanes] = buf.row(buf.h, s, N);
-      const T (*dec)[kLanes] = buf.row(buf.decay, s, N);
+      const V* prev = buf.row(buf.h, s, N);
+      const V* dec = buf.row(buf.decay, s, N);
+      const V gys = load(gy[s]), dts = load(dt[s]), us = load(u[s]);
       alignas(64) T gh_step[kMaxState][kLanes];
-      alignas(64) T sums_b[kChains][kLanes] = {}, sums_a[kChains][kLanes] = {};
+      V sums_b[kChains] = {}, sums_a[kChains] = {};
       over_states(N, [&](int64_t n, int64_t c) {
-        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
-#pragma omp simd
-        for (int64_t j = 0; j < kLanes; ++j) {
-          const T gh = grad_h[n][j] + gy[s][j] * cn;   // dL/dh_t
-          gh_step[n][j] = gh;
-          sums_b[c][j] += gh * bn;
-          const T x = gh * dec[n][j] * prev[n][j];    // dL/d(dt A_n) through exp
-          sums_a[c][j] += x * p.A[n][j];
-          dA[n][j] += x * dt[s][j];
-          grad_h[n][j] = gh * dec[n][j];              // becomes dL/dh_{t-1}
-        }
+        const V gh = grad_h[n] + gys * Ct[n * a.Cm.sn];   // dL/dh_t
+        store(gh_step[n], gh);
+        sums_b[c] += gh * Bt[n * a.Bm.sn];
+        const V x = gh * dec[n] * prev[n];                 // dL/d(dt A_n) through exp
+        sums_a[c] += x * load(p.A[n]);
+        dA[n] += x * dts;
+        grad_h[n] = gh * dec[n];                           // becomes dL/dh_{t-1}
       });
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const T sum_b = combine_chains(sums_b, j), sum_a = combine_chains(sums_a, j);
-        du[s][j] = gy[s][j] * p.D[j] + sum_b * dt[s][j];
-        ddt[s][j] = (sum_a + sum_b * u[s][j]) * slope[s][j];
-        dD[j] += gy[s][j] * u[s][j];
-        dbias[j] += ddt[s][j];
-      }
+      const V sum_b = (sums_b[0] + sums_b[1]) + (sums_b[2] + sums_b[3]);
+      const V sum_a = (sums_a[0] + sums_a[1]) + (sums_a[2] + sums_a[3]);
+      store(du[s], gys * load(p.D) + sum_b * dts);
+      const V ddts = (sum_a + sum_b * us) * load(slope[s]);
+      store(ddt[s], ddts);
+      dD += gys * us;
+      dbias += ddts;
       // This block's share of dB_t = sum_e dL/dh_t dt u and dC_t = sum_e gy h_t.
       const int64_t row = (part_row * g.segment + (t0 + s - seg0)) * N;
       lane_dot(gh_step, dtu[s], N, g.dB_part + row);
-      lane_dot(buf.row(buf.h, s + 1, N), gy[s], N, g.dC_part + row);
+      lane_dot(reinterpret_cast<const T(*)[kLanes]>(buf.row(buf.h, s + 1, N)), gy[s], N,
+               g.dC_part + row);
     }
     unstage(g.du, k.b, k.e0, k.width, t0, steps, du);
     unstage(g.ddelta, k.b, k.e0, k.width, t0, steps, ddt);
