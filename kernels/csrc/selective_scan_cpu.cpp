@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fast_math.h"
@@ -64,13 +65,16 @@ inline float fast_log(float x) {
   return 2.0f * s * p + static_cast<float>(k) * 0.693147180559945f;
 }
 
-// softplus(x) = log(1 + e^x), vectorisable; e^x alone where 1 + e^x would round it away.
-inline float fast_softplus(float x) {
-  const float w = fast_exp(x);
+// softplus(x) = log(1 + e^x) given w = e^x, vectorisable; w alone where 1 + w would round
+// it away. sigmoid(x) = d softplus / dx = w / (1 + w) from the same w (fast_exp clamps x,
+// so w is finite and nonzero); in fp64 (libm exp, no clamp) 1 / (1 + e^-x).
+inline float softplus_of(float x, float w) {
   const float small = w * (1.0f - 0.5f * w);
   return x > 20.0f ? x : (w < 1e-4f ? small : fast_log(1.0f + w));
 }
-inline double fast_softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+inline double softplus_of(double x, double w) { return x > 20.0 ? x : std::log1p(w); }
+inline float sigmoid_of(float, float w) { return w / (1.0f + w); }
+inline double sigmoid_of(double x, double) { return 1.0 / (1.0 + std::exp(-x)); }
 
 template <typename T>
 inline T fast_sigmoid(T x) { return T(1) / (T(1) + fast_exp(-x)); }
@@ -150,6 +154,48 @@ GroupSeq<T> group_seq_of(const torch::Tensor& t) {
   return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+#if defined(__AVX__)
+// dst[i * ldd + j] = src[j * ld + i] for i, j < 8: an 8 x 8 transpose in registers.
+inline void transpose8(const float* src, int64_t ld, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {           // rows 0-3 (h = 0) and 4-7 (h = 1) of the source
+    const __m256 a = t[4 * h], b = t[4 * h + 1], c = t[4 * h + 2], d = t[4 * h + 3];
+    r[4 * h] = _mm256_shuffle_ps(a, c, _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * h + 1] = _mm256_shuffle_ps(a, c, _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * h + 2] = _mm256_shuffle_ps(b, d, _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * h + 3] = _mm256_shuffle_ps(b, d, _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[4 + i], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[4 + i], 0x31));
+  }
+}
+#endif
+
+// Steps of a channel-major full block moved 8 at a time by transpose8 (fp32 with AVX);
+// from: the source, its stride between lanes (channels), to: the destination, its stride
+// between lanes. Returns the steps done; the callers move the rest one by one.
+template <typename T>
+int64_t transpose_steps(const T* from, int64_t from_ld, T* to, int64_t to_ld, int64_t steps,
+                        bool to_tile) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    int64_t k = 0;
+    for (; k + 8 <= steps; k += 8) {
+      if (to_tile) transpose8(from + k, from_ld, to + k * to_ld, to_ld);
+      else transpose8(from + k * from_ld, from_ld, to + k, to_ld);
+    }
+    return k;
+  }
+#endif
+  return 0;
+}
+
 // Rows [t0, t0 + steps) of lanes [e0, e0 + width) of channel-batch b -> tile[step][lane];
 // lanes past width read as `fill`.
 template <typename T>
@@ -160,13 +206,15 @@ void stage(const Seq<const T>& s, int64_t b, int64_t e0, int64_t width, int64_t 
     for (int64_t k = 0; k < steps; ++k) std::memcpy(tile[k], src + k * s.st, sizeof(tile[k]));
     return;
   }
+  const int64_t done = s.st == 1 && width == kLanes
+      ? transpose_steps(&s.at(b, e0, t0), s.se, tile[0], kLanes, steps, true) : 0;
   for (int64_t j = 0; j < kLanes; ++j) {
     if (j >= width) {
-      for (int64_t k = 0; k < steps; ++k) tile[k][j] = fill;
+      for (int64_t k = done; k < steps; ++k) tile[k][j] = fill;
       continue;
     }
     const T* src = &s.at(b, e0 + j, t0);
-    for (int64_t k = 0; k < steps; ++k) tile[k][j] = src[k * s.st];
+    for (int64_t k = done; k < steps; ++k) tile[k][j] = src[k * s.st];
   }
 }
 
@@ -179,9 +227,11 @@ void unstage(const Seq<T>& s, int64_t b, int64_t e0, int64_t width, int64_t t0, 
     for (int64_t k = 0; k < steps; ++k) std::memcpy(dst + k * s.st, tile[k], sizeof(tile[k]));
     return;
   }
+  const int64_t done = s.st == 1 && width == kLanes
+      ? transpose_steps(tile[0], kLanes, &s.at(b, e0, t0), s.se, steps, false) : 0;
   for (int64_t j = 0; j < width; ++j) {
     T* dst = &s.at(b, e0 + j, t0);
-    for (int64_t k = 0; k < steps; ++k) dst[k * s.st] = tile[k][j];
+    for (int64_t k = done; k < steps; ++k) dst[k * s.st] = tile[k][j];
   }
 }
 
@@ -190,9 +240,8 @@ struct ScanArgs {
   Seq<const T> u, delta, z;
   GroupSeq<T> Bm, Cm;
   const T *A, *D, *bias, *h0;
-  int64_t batch, d_inner, length, d_state, groups, chunk;
+  int64_t batch, d_inner, length, d_state, groups, chunk, n_chunks;  // n_chunks = ceil(L / K)
   bool softplus, has_z;
-  int64_t n_chunks() const { return (length + chunk - 1) / chunk; }
   int64_t per_group() const { return d_inner / groups; }
   int64_t blocks_per_group() const { return (per_group() + kLanes - 1) / kLanes; }
 };
@@ -236,16 +285,22 @@ template <typename T>
 void step_sizes(const ScanArgs<T>& a, const LaneParams<T>& p, int64_t steps, T (*dt)[kLanes],
                 T (*slope)[kLanes]) {
   for (int64_t s = 0; s < steps; ++s) {
-    if (slope != nullptr) {
+    if (!a.softplus) {
+      for (int64_t j = 0; j < kLanes; ++j) dt[s][j] += p.bias[j];
+      if (slope != nullptr) std::fill(slope[s], slope[s] + kLanes, T(1));
+    } else if (slope != nullptr) {
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) {
-        slope[s][j] = a.softplus ? fast_sigmoid(dt[s][j] + p.bias[j]) : T(1);
+        const T raw = dt[s][j] + p.bias[j], w = fast_exp(raw);
+        slope[s][j] = sigmoid_of(raw, w);
+        dt[s][j] = softplus_of(raw, w);
       }
-    }
+    } else {
 #pragma omp simd
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const T raw = dt[s][j] + p.bias[j];
-      dt[s][j] = a.softplus ? fast_softplus(raw) : raw;
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const T raw = dt[s][j] + p.bias[j];
+        dt[s][j] = softplus_of(raw, fast_exp(raw));
+      }
     }
   }
 }
@@ -301,7 +356,7 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
       const int64_t t = t0 + s;
       if (ckpt != nullptr && t % a.chunk == 0) {
         for (int64_t j = 0; j < k.width; ++j) {
-          T* dst = ckpt + ((k.b * a.d_inner + k.e0 + j) * a.n_chunks() + t / a.chunk) * N;
+          T* dst = ckpt + ((k.b * a.d_inner + k.e0 + j) * a.n_chunks + t / a.chunk) * N;
           for (int64_t n = 0; n < N; ++n) dst[n] = h[n][j];
         }
       }
@@ -425,7 +480,7 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
     Vec<T>* h0 = buf.row(buf.h, 0, N);
     for (int64_t j = 0; j < kLanes; ++j) {
       for (int64_t n = 0; n < N; ++n) {
-        h0[n][j] = j < k.width ? ckpt[((be0 + j) * a.n_chunks() + c) * N + n] : T(0);
+        h0[n][j] = j < k.width ? ckpt[((be0 + j) * a.n_chunks + c) * N + n] : T(0);
       }
     }
     for (int64_t s = 0; s < steps; ++s) {
@@ -538,6 +593,7 @@ ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const 
   a.D = D.data_ptr<T>(); a.bias = bias.data_ptr<T>(); a.h0 = h0.data_ptr<T>();
   a.batch = u.size(0); a.d_inner = u.size(1); a.length = u.size(2);
   a.d_state = A.size(1); a.groups = Bm.size(1); a.chunk = chunk;
+  a.n_chunks = (a.length + chunk - 1) / chunk;
   a.softplus = softplus; a.has_z = has_z;
   TORCH_CHECK(a.d_state <= kMaxState, "selective_scan (cpu): d_state must be <= ", kMaxState);
   return a;
@@ -611,7 +667,7 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor dy, torch::Tensor dhT, torch::
     // Steps per segment: a multiple of the chunk, with partials within partial_budget.
     const int64_t per_step = blocks * d_state;
     const int64_t segment = std::min(
-        a.n_chunks() * chunk, std::max<int64_t>(1, partial_budget / (per_step * chunk)) * chunk);
+        a.n_chunks * chunk, std::max<int64_t>(1, partial_budget / (per_step * chunk)) * chunk);
     auto dB_part = torch::empty({a.blocks_per_group(), batch, groups, segment, d_state}, u.options());
     auto dC_part = torch::empty_like(dB_part);
     Grads<scalar_t> g{seq_of<scalar_t>(du), seq_of<scalar_t>(ddelta),
