@@ -235,6 +235,27 @@ void unstage(const Seq<T>& s, int64_t b, int64_t e0, int64_t width, int64_t t0, 
   }
 }
 
+// N values of each of `width` lanes (lane j's at src + j * ld) -> rows[n][j]; lanes past
+// width read as zero.
+template <typename T>
+void gather_lanes(const T* src, int64_t ld, int64_t width, int64_t N, Vec<T>* rows) {
+  T* out = reinterpret_cast<T*>(rows);
+  const int64_t done = width == kLanes ? transpose_steps(src, ld, out, kLanes, N, true) : 0;
+  for (int64_t n = done; n < N; ++n) {
+    for (int64_t j = 0; j < kLanes; ++j) rows[n][j] = j < width ? src[j * ld + n] : T(0);
+  }
+}
+
+// Inverse of gather_lanes for the first `width` lanes.
+template <typename T>
+void scatter_lanes(const Vec<T>* rows, int64_t width, int64_t N, T* dst, int64_t ld) {
+  const T* in = reinterpret_cast<const T*>(rows);
+  const int64_t done = width == kLanes ? transpose_steps(in, kLanes, dst, ld, N, false) : 0;
+  for (int64_t n = done; n < N; ++n) {
+    for (int64_t j = 0; j < width; ++j) dst[j * ld + n] = rows[n][j];
+  }
+}
+
 template <typename T>
 struct ScanArgs {
   Seq<const T> u, delta, z;
@@ -335,11 +356,7 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
   const LaneParams<T> p(a, k);
   V h[kMaxState];
   alignas(64) T u[kTile][kLanes], dt[kTile][kLanes], gate[kTile][kLanes], out[kTile][kLanes];
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t j = 0; j < kLanes; ++j) {
-      h[n][j] = j < k.width ? a.h0[((k.b * a.d_inner) + k.e0 + j) * N + n] : T(0);
-    }
-  }
+  gather_lanes(a.h0 + (k.b * a.d_inner + k.e0) * N, N, k.width, N, h);
   for (int64_t t0 = 0; t0 < L; t0 += kTile) {
     const int64_t steps = std::min(kTile, L - t0);
     stage(a.u, k.b, k.e0, k.width, t0, steps, u, T(0));
@@ -355,10 +372,8 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
       if (ckpt != nullptr && t % a.chunk == 0) {
-        for (int64_t j = 0; j < k.width; ++j) {
-          T* dst = ckpt + ((k.b * a.d_inner + k.e0 + j) * a.n_chunks + t / a.chunk) * N;
-          for (int64_t n = 0; n < N; ++n) dst[n] = h[n][j];
-        }
+        const int64_t first = ((k.b * a.d_inner + k.e0) * a.n_chunks + t / a.chunk) * N;
+        scatter_lanes(h, k.width, N, ckpt + first, a.n_chunks * N);
       }
       const T* Bt = a.Bm.step(k.b, k.g, t);
       const T* Ct = a.Cm.step(k.b, k.g, t);
@@ -373,9 +388,7 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
     }
     unstage(y, k.b, k.e0, k.width, t0, steps, out);
   }
-  for (int64_t j = 0; j < k.width; ++j) {
-    for (int64_t n = 0; n < N; ++n) hT[(k.b * a.d_inner + k.e0 + j) * N + n] = h[n][j];
-  }
+  scatter_lanes(h, k.width, N, hT + (k.b * a.d_inner + k.e0) * N, N);
 }
 
 // out[n] = sum over lanes of rows[n][lane] * v[lane], lanes added in a fixed tree order:
@@ -453,14 +466,11 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
   V dD, dbias;
   const int64_t be0 = k.b * a.d_inner + k.e0;
   for (int64_t j = 0; j < kLanes; ++j) {
-    const bool on = j < k.width;
-    dD[j] = on ? carry.dD[be0 + j] : T(0);
-    dbias[j] = on ? carry.dbias[be0 + j] : T(0);
-    for (int64_t n = 0; n < N; ++n) {
-      grad_h[n][j] = on ? carry.grad_h[(be0 + j) * N + n] : T(0);
-      dA[n][j] = on ? carry.dA[(be0 + j) * N + n] : T(0);
-    }
+    dD[j] = j < k.width ? carry.dD[be0 + j] : T(0);
+    dbias[j] = j < k.width ? carry.dbias[be0 + j] : T(0);
   }
+  gather_lanes(carry.grad_h + be0 * N, N, k.width, N, grad_h);
+  gather_lanes(carry.dA + be0 * N, N, k.width, N, dA);
   T (*u)[kLanes] = buf.tile(0);
   T (*dt)[kLanes] = buf.tile(1);
   T (*slope)[kLanes] = buf.tile(2);
@@ -477,12 +487,8 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
     stage(a.delta, k.b, k.e0, k.width, t0, steps, dt, T(0));
     step_sizes(a, p, steps, dt, slope);
     // Recompute the chunk: H row s is the state before step t0 + s.
-    Vec<T>* h0 = buf.row(buf.h, 0, N);
-    for (int64_t j = 0; j < kLanes; ++j) {
-      for (int64_t n = 0; n < N; ++n) {
-        h0[n][j] = j < k.width ? ckpt[((be0 + j) * a.n_chunks + c) * N + n] : T(0);
-      }
-    }
+    gather_lanes(ckpt + (be0 * a.n_chunks + c) * N, a.n_chunks * N, k.width, N,
+                 buf.row(buf.h, 0, N));
     for (int64_t s = 0; s < steps; ++s) {
       const T* Bt = a.Bm.step(k.b, k.g, t0 + s);
       const T* Ct = a.Cm.step(k.b, k.g, t0 + s);
@@ -550,11 +556,9 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
   for (int64_t j = 0; j < k.width; ++j) {
     carry.dD[be0 + j] = dD[j];
     carry.dbias[be0 + j] = dbias[j];
-    for (int64_t n = 0; n < N; ++n) {
-      carry.grad_h[(be0 + j) * N + n] = grad_h[n][j];
-      carry.dA[(be0 + j) * N + n] = dA[n][j];
-    }
   }
+  scatter_lanes(grad_h, k.width, N, carry.grad_h + be0 * N, N);
+  scatter_lanes(dA, k.width, N, carry.dA + be0 * N, N);
 }
 
 // dB[b, g, seg0 + t, n] = sum over blocks, in block order, of the segment's partials.
@@ -643,6 +647,17 @@ torch::Tensor sum_over_batch(const torch::Tensor& x) {
   return out;
 }
 
+// Scratch for the backward's dB/dC partial sums, kept by the calling thread between calls
+// (2 x partial_budget elements of each dtype, or one chunk's partials if larger): fresh
+// buffers cost a page fault per 4 KiB on every call, ~10% of a backward at (B 8, E 128,
+// L 1024).
+template <typename T>
+T* partial_scratch(int64_t elements) {
+  thread_local std::vector<T> scratch;
+  if (static_cast<int64_t>(scratch.size()) < elements) scratch.resize(elements);
+  return scratch.data();
+}
+
 std::vector<torch::Tensor> scan_bwd(torch::Tensor dy, torch::Tensor dhT, torch::Tensor u,
                                     torch::Tensor delta, torch::Tensor A, torch::Tensor Bm,
                                     torch::Tensor Cm, torch::Tensor D, torch::Tensor z,
@@ -668,12 +683,11 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor dy, torch::Tensor dhT, torch::
     const int64_t per_step = blocks * d_state;
     const int64_t segment = std::min(
         a.n_chunks * chunk, std::max<int64_t>(1, partial_budget / (per_step * chunk)) * chunk);
-    auto dB_part = torch::empty({a.blocks_per_group(), batch, groups, segment, d_state}, u.options());
-    auto dC_part = torch::empty_like(dB_part);
+    const int64_t part_size = a.blocks_per_group() * batch * groups * segment * d_state;
+    scalar_t* dB_part = partial_scratch<scalar_t>(2 * part_size);
     Grads<scalar_t> g{seq_of<scalar_t>(du), seq_of<scalar_t>(ddelta),
                       has_z ? seq_of<scalar_t>(dz) : Seq<scalar_t>{nullptr, 0, 0, 0},
-                      seq_of<const scalar_t>(dy), dB_part.data_ptr<scalar_t>(),
-                      dC_part.data_ptr<scalar_t>(), segment};
+                      seq_of<const scalar_t>(dy), dB_part, dB_part + part_size, segment};
     Carry<scalar_t> carry{grad_h.data_ptr<scalar_t>(), dA.data_ptr<scalar_t>(),
                           dD.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>()};
     const scalar_t* cp = ckpt.data_ptr<scalar_t>();
