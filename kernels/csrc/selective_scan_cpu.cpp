@@ -99,8 +99,7 @@ template <typename T>
 inline void store(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
 
 // 2^t on every lane (the decays exp(dt A) = 2^(dt A log2 e), A log2 e kept per block), in
-// fp32 as fast_exp (fast_math.h) but with a degree-5 polynomial (relative error 2.2e-7
-// instead of 8e-8, one FMA less per state update): t = i + f, |f| <= 1/2, i added to the
+// fp32 by fast_exp's polynomial (fast_math.h): t = i + f, |f| <= 1/2, i added to the
 // exponent bits as (t + 1.5 2^23)'s low bits shifted up (t rounded to the nearest integer
 // as nearbyint does), after fast_exp's clamp (e^-87 .. e^88).
 inline Vec<float> exp2_lanes(Vec<float> t) {
@@ -114,11 +113,12 @@ inline Vec<float> exp2_lanes(Vec<float> t) {
 #endif
   const Vec<float> shifted = t + 12582912.0f;          // 1.5 2^23: integer part in low bits
   const Vec<float> f = t - (shifted - 12582912.0f);
-  Vec<float> p = f * 1.327647129e-03f + 9.675540961e-03f;
-  p = p * f + 5.550713092e-02f;
-  p = p * f + 2.402212024e-01f;
-  p = p * f + 6.931469440e-01f;
-  p = p * f + 1.000000119e+00f;
+  Vec<float> p = f * 1.546973208e-04f + 1.340043217e-03f;
+  p = p * f + 9.618025603e-03f;
+  p = p * f + 5.550327214e-02f;
+  p = p * f + 2.402265121e-01f;
+  p = p * f + 6.931472067e-01f;
+  p = p * f + 1.000000000e+00f;
   return reinterpret_cast<Vec<float>>(reinterpret_cast<Bits>(p) +
                                       (reinterpret_cast<Bits>(shifted) << 23));
 }
