@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .causal_conv import causal_depthwise_conv
 from .scan import selective_scan
 from .state_update import selective_state_update
 
@@ -145,8 +147,9 @@ class Mamba(nn.Module):
             state = self.allocate_cache(batch, device=x.device, dtype=x.dtype)
         x_padded = torch.cat([state.conv.to(x.dtype), x], dim=-1)         # (B, E, K-1+L)
         new_conv = x_padded[..., x_padded.shape[-1] - (self.d_conv - 1):]
-        x = F.silu(F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias,
-                            groups=self.d_inner))                         # (B, E, L)
+        conv = causal_depthwise_conv if x_padded.device.type == "cpu" else partial(
+            F.conv1d, groups=self.d_inner)
+        x = F.silu(conv(x_padded, self.conv1d.weight, self.conv1d.bias))  # (B, E, L)
         x_dbl = self._left_linear(self.x_proj, x)                         # (B, R+2N, L)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = torch.bmm(self.dt_proj.weight.expand(batch, -1, -1), dt)  # (B, E, L)
