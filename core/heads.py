@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import DEFAULT_CHUNK, MambaBackbone, clone_state, lengths_from_mask
-from .bimamba import BiMambaBackbone
+from .bimamba import BiMambaBackbone, reverse_within
 from .pretrained import PretrainedMixin
 from .sampling import sample_logits
 
@@ -308,6 +308,7 @@ class SequenceClassifierConfig:
     chunk_size: int = DEFAULT_CHUNK
     ngram: int = 0                    # > 0: add an NgramEmbedding of this n
     ngram_letters: Optional[list] = None  # token id -> letter index or -1 (ngram only)
+    strand_average: bool = False      # log_probs: mean over a window and its RC (needs complement)
 
 
 class SequenceClassifier(PretrainedMixin, nn.Module):
@@ -326,6 +327,9 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
         ngram (int, 0), ngram_letters (list[int]): with ngram > 0 the input embedding is an
             ``NgramEmbedding`` (token + n-gram of letters ending at each position); not with
             rc_equivariant.
+        strand_average (bool, False): ``log_probs`` averages the class log-probabilities of
+            each window and of its reverse complement (for a model trained on both strands;
+            needs ``complement``; an rc_equivariant model is RC-invariant already).
 
     >>> clf = SequenceClassifier(16, 64, 4, num_classes=10, bidirectional=True,
     ...                          rc_equivariant=True, complement=tokenizer.complement_ids)
@@ -337,8 +341,11 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
     def __init__(self, vocab_size, d_model, n_layer, num_classes, pooling="mean",
                  bidirectional=False, rc_equivariant=False, complement=None, d_state=16,
                  d_conv=4, expand=2, norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, ngram=0,
-                 ngram_letters=None, device=None, dtype=None):
+                 ngram_letters=None, strand_average=False, device=None, dtype=None):
         super().__init__()
+        if strand_average and (rc_equivariant or complement is None):
+            raise ValueError("strand_average needs the token complement map `complement` and "
+                             "is redundant with rc_equivariant (already RC-invariant)")
         if ngram and (rc_equivariant or ngram_letters is None):
             raise ValueError("ngram needs ngram_letters and does not go with rc_equivariant")
         if pooling not in POOLINGS:
@@ -354,8 +361,11 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
         self.config = SequenceClassifierConfig(
             vocab_size, d_model, n_layer, num_classes, pooling, bidirectional, rc_equivariant,
             complement, d_state, d_conv, expand, norm_eps, chunk_size, ngram,
-            None if ngram_letters is None else [int(i) for i in ngram_letters])
+            None if ngram_letters is None else [int(i) for i in ngram_letters], strand_average)
         factory = {"device": device, "dtype": dtype}
+        if strand_average:     # not saved with the weights: rebuilt from the config
+            self.register_buffer("strand_complement", torch.tensor(complement, device=device),
+                                 persistent=False)
         if ngram:
             self.embedding = NgramEmbedding(vocab_size, d_model, ngram, ngram_letters, **factory)
         else:
@@ -391,3 +401,14 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
     def forward(self, ids, mask=None):
         """ids (B, L), mask (B, L) True on real steps (right-padded) -> logits (B, C)."""
         return self.head(self.embed(ids, mask, pooling=self.config.pooling))
+
+    def log_probs(self, ids, mask=None):
+        """ids (B, L), mask (B, L) -> class log-probabilities (B, C): of the window as given,
+        or with ``strand_average`` the renormalised mean of those of the window and of its
+        reverse complement (each row reversed within its mask)."""
+        logp = self(ids, mask).log_softmax(-1)
+        if not self.config.strand_average:
+            return logp
+        lengths = None if mask is None else lengths_from_mask(mask, ids.shape[1])
+        rc_ids = self.strand_complement[reverse_within(ids, lengths)]
+        return ((logp + self(rc_ids, mask).log_softmax(-1)) / 2).log_softmax(-1)

@@ -100,10 +100,22 @@ def has_base(seq: str) -> bool:
 
 @torch.inference_mode()
 def class_probabilities(model: core.SequenceClassifier, ids: torch.Tensor) -> np.ndarray:
-    """ids (B, W) -> class probabilities (B, C) as float64 (rows sum to 1)."""
+    """ids (B, W) -> class probabilities (B, C) as float64 (rows sum to 1); both strands
+    averaged for a model built with ``strand_average``."""
     device = next(model.parameters()).device
-    logits = model(ids.to(device)).double()                                  # (B, C)
-    return torch.softmax(logits, dim=-1).cpu().numpy()
+    log_probs = model.log_probs(ids.to(device)).double()                     # (B, C)
+    return torch.softmax(log_probs, dim=-1).cpu().numpy()
+
+
+def window_probabilities(model: core.SequenceClassifier, tokenizer: CharTokenizer,
+                         seqs: list[str], tokens_per_batch: int = 64_000) -> np.ndarray:
+    """Class probabilities (n, C) of windows ``seqs`` of one length, batched by tokens."""
+    model.eval()
+    batch_size = max(1, tokens_per_batch // max(1, len(seqs[0]))) if seqs else 1
+    parts = [class_probabilities(model, torch.stack([tokenizer.encode(s)
+                                                     for s in seqs[i:i + batch_size]]))
+             for i in range(0, len(seqs), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.config.num_classes))
 
 
 @dataclass

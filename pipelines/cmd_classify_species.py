@@ -23,13 +23,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from mambaseq import core
 from mambaseq.mamba_bio.bed import write_split_bed
 from mambaseq.mamba_bio.datasets import SpeciesWindows
 from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.mamba_bio.predict import window_probabilities
 from mambaseq.mamba_bio.metrics import (accuracy_by_length, classification_report,
                                         kmer_baseline, paired_comparison,
                                         plot_accuracy_vs_length, plot_confusion)
@@ -90,6 +90,11 @@ def add_arguments(parser):
                    help="train on the given strand only (by default half of the training "
                         "windows are reverse-complemented, which hides strand asymmetry, a "
                         "species signal in mitogenomes)")
+    g.add_argument("--no-strand-average", action="store_true",
+                   help="score each window on the given strand only (by default a model "
+                        "trained on both strands averages the class log-probabilities of a "
+                        "window and its reverse complement, in validation, test and "
+                        "predict-species)")
     g.add_argument("--substitution-rate", type=float, default=0.0, metavar="P",
                    help="replace each base of a training window by a random base with "
                         "probability P (regularises a model that memorises its training "
@@ -119,12 +124,15 @@ def add_arguments(parser):
 
 
 def build_model(args, cfg, n_classes, tokenizer, init_from=None):
+    # trained on both strands: score a window and its reverse complement (RC-invariant already)
+    strand_average = not (args.no_rc_augment or args.rc_invariant or args.no_strand_average)
     model = core.SequenceClassifier(
         tokenizer.vocab_size, cfg.d_model, cfg.n_layer, n_classes, pooling=args.pooling,
         bidirectional=not args.causal, rc_equivariant=args.rc_invariant,
-        complement=tokenizer.complement_map.tolist() if args.rc_invariant else None,
-        d_state=args.d_state, ngram=args.ngram,
-        ngram_letters=tokenizer.base_letters if args.ngram else None)
+        complement=tokenizer.complement_map.tolist() if args.rc_invariant or strand_average
+        else None, d_state=args.d_state, ngram=args.ngram,
+        ngram_letters=tokenizer.base_letters if args.ngram else None,
+        strand_average=strand_average)
     if init_from:
         pre = load_model(init_from)
         try:
@@ -144,17 +152,6 @@ def build_model(args, cfg, n_classes, tokenizer, init_from=None):
 def classify_loss(model, batch):
     logits = model(batch["input_ids"])                                     # (B, C)
     return F.cross_entropy(logits, batch["labels"]), batch["input_ids"].numel()
-
-
-@torch.no_grad()
-def predict(model, seqs, tokenizer, tokens_per_batch=64_000):
-    """Class logits (n, C) of windows ``seqs`` (equal lengths), batched by tokens."""
-    model.eval()
-    device = next(model.parameters()).device
-    batch_size = max(1, tokens_per_batch // max(1, len(seqs[0]))) if seqs else 1
-    out = [model(torch.stack([tokenizer.encode(s) for s in seqs[i:i + batch_size]]).to(device))
-           for i in range(0, len(seqs), batch_size)]
-    return torch.cat(out).float().cpu()
 
 
 def pretrain(args, cfg, split_bed: Path) -> Path:
@@ -203,7 +200,7 @@ def score_lengths(model, data, tokenizer, args, seed) -> dict:
         test_x, test_y = data.tiled_windows("test", length, args.eval_per_class)
         train_x, train_y = data.fixed_windows("train", length, args.baseline_per_class)
         out[length] = {"labels": test_y,
-                       "pred": predict(model, test_x, tokenizer, args.eval_tokens).argmax(1).numpy(),
+                       "pred": window_probabilities(model, tokenizer, test_x, args.eval_tokens).argmax(1),
                        "baseline_pred": kmer_baseline(train_x, train_y, test_x, k=args.kmer,
                                                       seed=seed)}
     return out
@@ -230,9 +227,9 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
     init_from = pretrain(args, cfg, split_bed) if args.pretrain_steps else args.init_from
 
     def eval_fn(model):
-        logits = predict(model, val_x, tokenizer, args.eval_tokens)
-        return {"val_loss": float(F.cross_entropy(logits, torch.from_numpy(val_y))),
-                "val_accuracy": float((logits.argmax(1).numpy() == val_y).mean())}
+        probs = window_probabilities(model, tokenizer, val_x, args.eval_tokens)
+        return {"val_loss": float(-np.log(probs[np.arange(len(val_y)), val_y]).mean()),
+                "val_accuracy": float((probs.argmax(1) == val_y).mean())}
 
     seed_everything(cfg.seed)
     model = build_model(args, cfg, len(data.classes), tokenizer, init_from)
@@ -244,7 +241,7 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
     scored = load_model(best) if best.is_dir() else model.cpu()
     train_x, train_y = data.fixed_windows("train", cfg.seq_len, args.baseline_per_class)
     return {"classes": data.classes, "labels": test_y,
-            "pred": predict(scored, test_x, tokenizer, args.eval_tokens).argmax(1).numpy(),
+            "pred": window_probabilities(scored, tokenizer, test_x, args.eval_tokens).argmax(1),
             "by_length": score_lengths(scored, data, tokenizer, args, cfg.seed)
             if args.eval_lengths else {},
             "baseline_pred": kmer_baseline(train_x, train_y, test_x, k=args.kmer, seed=cfg.seed),

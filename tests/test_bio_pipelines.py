@@ -9,20 +9,16 @@ import torch
 from mambaseq import core
 from mambaseq.mamba_bio.embeddings import hidden_chunks
 from mambaseq.mamba_bio.metrics import lm_nll
-from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines.checkpoint import load_model
 from mambaseq.pipelines.cli import main
+from species_data import TINY, simulated_species
 
-TINY = ["--d-model", "8", "--n-layer", "1", "--d-state", "4", "--batch-size", "2",
-        "--warmup-steps", "1", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    genomes = simulate_genomes("((a:0.02,b:0.02):0.1,c:0.1);", length=1500, n_chromosomes=2,
-                               seed=4)
-    return write_species_fastas(tmp_path_factory.mktemp("sim"), genomes)
+    return simulated_species(tmp_path_factory.mktemp("sim"))[1]
 
 
 def last_json(text):

@@ -199,3 +199,31 @@ def test_ngram_classifier_saves_and_reloads(tmp_path):
     torch.testing.assert_close(again(ids), clf(ids))
     with pytest.raises(ValueError, match="ngram needs ngram_letters"):
         SequenceClassifier(10, 16, 1, num_classes=3, ngram=2)
+
+
+def test_strand_average_scores_a_window_and_its_reverse_complement(tmp_path):
+    from mambaseq.core import load_pretrained
+    clf = SequenceClassifier(V, D, 1, num_classes=3, complement=COMPLEMENT, strand_average=True)
+    ids = torch.randint(0, 4, (2, 25))
+    mask = torch.ones(2, 25, dtype=torch.bool)
+    mask[1, 17:] = False
+    ids[1, 17:] = 5
+    rc = _rc_ids(ids, mask.sum(1))
+    with torch.no_grad():
+        both = clf.log_probs(ids, mask)
+        expected = ((clf(ids, mask).log_softmax(-1) + clf(rc, mask).log_softmax(-1)) / 2
+                    ).log_softmax(-1)
+        torch.testing.assert_close(both, expected)
+        torch.testing.assert_close(both.exp().sum(-1), torch.ones(2))
+        # invariant to the strand it is given, though the causal model itself is not
+        torch.testing.assert_close(clf.log_probs(rc, mask), both, rtol=1e-5, atol=1e-6)
+        assert (clf(rc, mask) - clf(ids, mask)).abs().max() > 1e-4
+        clf.save_pretrained(tmp_path / "clf")
+        torch.testing.assert_close(load_pretrained(tmp_path / "clf").log_probs(ids, mask), both)
+        one_strand = SequenceClassifier(V, D, 1, num_classes=3)
+        torch.testing.assert_close(one_strand.log_probs(ids), one_strand(ids).log_softmax(-1))
+    with pytest.raises(ValueError, match="complement"):
+        SequenceClassifier(V, D, 1, 3, strand_average=True)
+    with pytest.raises(ValueError, match="redundant"):
+        SequenceClassifier(V, D, 1, 3, bidirectional=True, rc_equivariant=True,
+                           complement=COMPLEMENT, strand_average=True)

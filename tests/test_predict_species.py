@@ -19,13 +19,12 @@ from mambaseq import core
 from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.predict import (CLASSES_FILE, load_classifier, predict_records,
                                         predict_windows, window_spans)
-from mambaseq.mamba_bio.simulate import simulate_genomes, write_fasta, write_species_fastas
+from mambaseq.mamba_bio.simulate import write_fasta
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines import cmd_predict_species
 from mambaseq.pipelines.cli import main
+from species_data import TINY, simulated_species
 
-TINY = ["--d-model", "8", "--n-layer", "1", "--d-state", "4", "--batch-size", "2",
-        "--warmup-steps", "1", "--log-every", "1"]
 CLASSES = ["a", "b", "c"]
 
 
@@ -52,9 +51,7 @@ def trained(tmp_path_factory):
     simulated species, with checkpoints (step_*, best) beside its model/ folder, and the
     species' FASTA files."""
     root = tmp_path_factory.mktemp("predict")
-    genomes = simulate_genomes("((a:0.02,b:0.02):0.1,c:0.1);", length=1500, n_chromosomes=2,
-                               seed=4)
-    fastas = write_species_fastas(root / "sim", genomes)
+    genomes, fastas = simulated_species(root / "sim")
     out = root / "cls"
     assert main(["classify-species", "--species", *[f"{k}={v}" for k, v in fastas.items()],
                  "--out", str(out), "--steps", "2", "--seq-len", "64", "--eval-per-class", "2",
@@ -190,6 +187,21 @@ def test_predict_species_end_to_end(trained, tmp_path):
     assert report["a1"]["windows"] == len(overlapping)
     assert report["gap_only"]["windows"] == 0 and report["gap_only"]["predicted"] is None
     assert sum(report["short"]["mean_probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_a_classifier_trained_on_both_strands_calls_both_strands_alike(trained, tmp_path):
+    """classify-species trains on both strands by default, so its model averages a window
+    with its reverse complement: a record and its reverse complement get the same row."""
+    from mambaseq.mamba_bio.tokenizers import reverse_complement
+    model_dir = trained["run"] / "model"
+    assert json.loads((model_dir / "config.json").read_text())["config"]["strand_average"]
+    seq = trained["genomes"]["b"][0][100:164]
+    fasta = write_fasta(tmp_path / "two.fa", {"fwd": seq, "rc": reverse_complement(seq)})
+    out = tmp_path / "p.tsv"
+    assert main(["predict-species", "--model", str(model_dir), "--fasta", str(fasta),
+                 "--out", str(out), "--window", "64"]) == 0
+    fwd, rc = ([float(r[c]) for c in CLASSES] for r in read_tsv(out))
+    np.testing.assert_allclose(fwd, rc, atol=1e-5)
 
 
 def test_plain_bgzip_and_gzip_fasta_give_the_same_rows(trained, tmp_path, monkeypatch, capsys):

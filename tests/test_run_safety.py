@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from mambaseq import core
-from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines import checkpoint as ckpt
 from mambaseq.pipelines import cmd_classify_species, cmd_pretrain_genome
 from mambaseq.pipelines import distributed
 from mambaseq.pipelines.cli import main
+from species_data import simulated_species
 
 TINY = ["--d-model", "16", "--n-layer", "1", "--seq-len", "128", "--batch-size", "2",
         "--save-every", "10", "--d-state", "4", "--warmup-steps", "1", "--log-every", "5",
@@ -28,9 +28,7 @@ MODEL_FOLDERS = ("model", "checkpoints/step_0000010", "checkpoints/best")
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    genomes = simulate_genomes("((a:0.02,b:0.02):0.1,c:0.1);", length=1500, n_chromosomes=2,
-                               seed=4)
-    return write_species_fastas(tmp_path_factory.mktemp("sim"), genomes)
+    return simulated_species(tmp_path_factory.mktemp("sim"))[1]
 
 
 def pretrain(sim, out, *extra, steps=10):

@@ -9,19 +9,15 @@ from mambaseq.mamba_bio.bed import SplitRegion, read_split_bed, write_split_bed
 from mambaseq.mamba_bio.datasets import GenomeWindows, SpeciesWindows
 from mambaseq.mamba_bio.fasta import Window, open_sequences
 from mambaseq.mamba_bio.metrics import accuracy_by_length
-from mambaseq.mamba_bio.simulate import simulate_genomes, write_species_fastas
 from mambaseq.pipelines import cmd_pretrain_genome
 from mambaseq.pipelines.cli import build_parser, main
+from species_data import TINY, simulated_species
 
-TINY = ["--d-model", "8", "--n-layer", "1", "--d-state", "4", "--batch-size", "2",
-        "--warmup-steps", "1", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    genomes = simulate_genomes("((a:0.02,b:0.02):0.1,c:0.1);", length=3000, n_chromosomes=2,
-                               seed=5)
-    return write_species_fastas(tmp_path_factory.mktemp("sim"), genomes)
+    return simulated_species(tmp_path_factory.mktemp("sim"), length=3000, seed=5)[1]
 
 
 def test_split_bed_round_trip_and_errors(tmp_path):
