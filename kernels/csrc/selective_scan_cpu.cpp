@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
@@ -256,6 +257,36 @@ void scatter_lanes(const Vec<T>* rows, int64_t width, int64_t N, T* dst, int64_t
   }
 }
 
+// Asks the cache for `steps` steps from `first` of `rows` rows (rows row_stride apart) when
+// they run along time (step_stride 1). The backward walks chunks last first, and the lanes
+// of a channel-major input are rows L apart: the hardware prefetcher lagged, and asking
+// for the next chunk while computing this one made the backward 5-10% faster (the
+// forward, walking forward, gained nothing from it).
+template <typename T>
+void prefetch_rows(const T* first, int64_t row_stride, int64_t step_stride, int64_t rows,
+                   int64_t steps) {
+  if (step_stride != 1 || steps <= 0) return;
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = first + r * row_stride;
+    for (int64_t k = 0; k < steps; k += kLine) __builtin_prefetch(row + k);
+    __builtin_prefetch(row + steps - 1);
+  }
+}
+
+// Prefetches steps [t0, t0 + steps) of a block's lanes of each given (B, E, L) sequence
+// (skipping absent ones) and of its group's B and C.
+template <typename T>
+void prefetch_block(std::initializer_list<const Seq<const T>*> seqs, const GroupSeq<T>& Bm,
+                    const GroupSeq<T>& Cm, int64_t b, int64_t g, int64_t e0, int64_t width,
+                    int64_t N, int64_t t0, int64_t steps) {
+  for (const Seq<const T>* x : seqs) {
+    if (x->p != nullptr) prefetch_rows(&x->at(b, e0, t0), x->se, x->st, width, steps);
+  }
+  prefetch_rows(Bm.step(b, g, t0), Bm.sn, Bm.st, N, steps);
+  prefetch_rows(Cm.step(b, g, t0), Cm.sn, Cm.st, N, steps);
+}
+
 // Rows of B_t or C_t for consecutive steps: step s's N values at p + s * stride, unit stride.
 template <typename T>
 struct Rows {
@@ -393,6 +424,7 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
   alignas(64) T u[kTile][kLanes], dt[kTile][kLanes], gate[kTile][kLanes], out[kTile][kLanes];
   std::vector<T> bc_buf(2 * kTile * N);
   gather_lanes(a.h0 + (k.b * a.d_inner + k.e0) * N, N, k.width, N, h);
+  int64_t next_ckpt = 0;  // the next step whose entering state is saved
   for (int64_t t0 = 0; t0 < L; t0 += kTile) {
     const int64_t steps = std::min(kTile, L - t0);
     stage(a.u, k.b, k.e0, k.width, t0, steps, u, T(0));
@@ -409,9 +441,10 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
     }
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
-      if (ckpt != nullptr && t % a.chunk == 0) {
+      if (ckpt != nullptr && t == next_ckpt) {  // (not t % chunk: a division per step)
         const int64_t first = ((k.b * a.d_inner + k.e0) * a.n_chunks + t / a.chunk) * N;
         scatter_lanes(h, k.width, N, ckpt + first, a.n_chunks * N);
+        next_ckpt += a.chunk;
       }
       const T* Bt = Bs[s];
       const T* Ct = Cs[s];
@@ -527,6 +560,10 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
     step_sizes(a, p, steps, dt, slope);
     const Rows<T> Bs = stage_group(a.Bm, k.b, k.g, t0, steps, N, buf.bc.data());
     const Rows<T> Cs = stage_group(a.Cm, k.b, k.g, t0, steps, N, buf.bc.data() + K * N);
+    if (c > seg0 / K) {  // the previous chunk (the next one walked), while this one computes
+      prefetch_block({&a.u, &a.delta, &a.z, &g.dy}, a.Bm, a.Cm, k.b, k.g, k.e0, k.width, N,
+                     t0 - K, K);
+    }
     // Recompute the chunk: H row s is the state before step t0 + s.
     gather_lanes(ckpt + (be0 * a.n_chunks + c) * N, a.n_chunks * N, k.width, N,
                  buf.row(buf.h, 0, N));
