@@ -518,12 +518,16 @@ struct Grads {
 // tiles, and the chunk's B_t and C_t rows.
 template <typename T>
 struct ChunkBuffers {
-  std::vector<Vec<T>> h, decay, tiles;
+  // kLanes values aligned as one lane vector; read as Vec<T> (a may_alias type) or as T rows
+  struct alignas(sizeof(Vec<T>)) Lanes { T v[kLanes]; };
+  std::vector<Lanes> h, decay, tiles;
   std::vector<T> bc;
   int64_t K;
   ChunkBuffers(int64_t chunk, int64_t N)
       : h((chunk + 1) * N), decay(chunk * N), tiles(9 * chunk), bc(2 * chunk * N), K(chunk) {}
-  static Vec<T>* row(std::vector<Vec<T>>& v, int64_t s, int64_t N) { return v.data() + s * N; }
+  static Vec<T>* row(std::vector<Lanes>& v, int64_t s, int64_t N) {
+    return reinterpret_cast<Vec<T>*>(v.data() + s * N);
+  }
   T (*tile(int64_t i))[kLanes] { return reinterpret_cast<T(*)[kLanes]>(tiles.data() + i * K); }
 };
 
