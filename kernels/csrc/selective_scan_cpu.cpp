@@ -13,15 +13,19 @@
 //
 // Both directions advance kLanes channels of one B/C group together, one channel per SIMD
 // lane: the group's B_t, C_t are broadcast and every per-step scalar (softplus, gate) is
-// vectorised across lanes. Blocks of channels are spread over threads.
+// vectorised across lanes. Blocks of channels are spread over threads. The per-state loops
+// run on lane vectors (Vec<T>, a GCC/Clang vector type) so that sums and states stay in
+// registers; steps are staged into [step][lane] tiles (8x8 AVX transposes for channel-major
+// fp32 inputs) and B_t, C_t into [step][n] rows when their step stride is 1.
 //
 // The backward recomputes one chunk at a time from its checkpoint, keeping the states and
 // decays of the chunk in a buffer, and walks it in reverse. dB and dC sum over the channels
 // of a group: each block writes its own partial sums (its lanes added in a fixed order) for
 // a segment of the sequence, and the partials are then added block by block in a fixed
-// order. Memory for partials is bounded (partial_budget elements each for dB and dC),
-// whatever L and the thread count, and the result is bitwise the same for any number of
-// threads.
+// order. Memory for partials is bounded (partial_budget elements each for dB and dC, or one
+// chunk's; kept by the calling thread between calls), whatever L and the thread count, and
+// the result is bitwise the same for any number of threads. While a chunk computes, the
+// next one walked is prefetched.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
