@@ -163,8 +163,9 @@ def case_step(base, rounds, repeats, threads):
     return rows, profiles
 
 
-PROFILE_GROUPS = (("scan backward", lambda op: "SelectiveScan" in op and "Backward" in op),
-                  ("scan forward", lambda op: "SelectiveScan" in op),
+PROFILE_GROUPS = (("scan backward", lambda op: ("SelectiveScan" in op and "Backward" in op)
+                   or op == "mambaseq::cpu_scan_bwd"),     # the custom op since issue 15
+                  ("scan forward", lambda op: "SelectiveScan" in op or op == "mambaseq::cpu_scan_fwd"),
                   ("matmul (mm, bmm, addmm)", lambda op: op in ("aten::mm", "aten::bmm", "aten::addmm")),
                   ("copy_ (layout copies)", lambda op: op == "aten::copy_"),
                   ("cat", lambda op: op == "aten::cat"),

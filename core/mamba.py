@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .causal_conv import causal_depthwise_conv
 from .scan import selective_scan
 from .state_update import selective_state_update
 
@@ -132,29 +134,44 @@ class Mamba(nn.Module):
         """x (B, L, D) -> y (B, L, D); with ``state`` (a MambaState from a previous chunk)
         the sequence continues from it. ``return_state=True`` also returns the new state."""
         batch, length, _ = x.shape
-        x, z = self.in_proj(x).chunk(2, dim=-1)                          # (B, L, E) each
-        x, z = x.transpose(1, 2), z.transpose(1, 2)                       # (B, E, L) views
+        # Channel-major throughout: in_proj multiplies from the left (bmm of the expanded
+        # weight with x's transposed view: no copy), so x and z come out (B, E, L) with unit
+        # stride along L; the conv's concatenation with the state is then a row copy (from
+        # a time-major x it was a transposing copy, as slow as the scan of a layer at 4096
+        # tokens). x_proj and dt_proj multiply from the left as well, the scan reads every
+        # operand through its strides and lays y out like z, and out_proj multiplies y's
+        # transposed view from the right (bmm again: linear would copy it for a batch > 1).
+        xz = self._left_linear(self.in_proj, x.transpose(1, 2))          # (B, 2E, L)
+        x, z = xz.chunk(2, dim=1)                                         # (B, E, L) each
         if state is None:
             state = self.allocate_cache(batch, device=x.device, dtype=x.dtype)
         x_padded = torch.cat([state.conv.to(x.dtype), x], dim=-1)         # (B, E, K-1+L)
         new_conv = x_padded[..., x_padded.shape[-1] - (self.d_conv - 1):]
-        x = F.silu(F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias,
-                            groups=self.d_inner))                         # (B, E, L)
-        # x_proj and dt_proj multiply from the left (bmm: matmul would fold the batch into
-        # a copy), so that dt, B, C and delta come out (B, ., L) without transposing x; the scan reads every operand through its strides
-        # (z stays a view of in_proj's output) and lays y out like z, (B, L, E) underneath,
-        # which is what out_proj reads.
-        x_dbl = torch.bmm(self.x_proj.weight.expand(batch, -1, -1), x)    # (B, R+2N, L)
+        conv = causal_depthwise_conv if x_padded.device.type == "cpu" else partial(
+            F.conv1d, groups=self.d_inner)
+        x = F.silu(conv(x_padded, self.conv1d.weight, self.conv1d.bias))  # (B, E, L)
+        x_dbl = self._left_linear(self.x_proj, x)                         # (B, R+2N, L)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
         delta = torch.bmm(self.dt_proj.weight.expand(batch, -1, -1), dt)  # (B, E, L)
         A = -torch.exp(self.A_log.float())                                # (E, N)
         y, ssm = selective_scan(
             x, delta, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True, initial_state=state.ssm, return_final_state=True)  # (B, E, L)
-        out = self.out_proj(y.transpose(1, 2))                            # (B, L, D)
+        weight = self.out_proj.weight.t().expand(batch, -1, -1)          # (B, E, D) view
+        out = (torch.bmm(y.transpose(1, 2), weight) if self.out_proj.bias is None else
+               torch.baddbmm(self.out_proj.bias, y.transpose(1, 2), weight))  # (B, L, D)
         if return_state:
             return out, MambaState(conv=new_conv, ssm=ssm)
         return out
+
+    @staticmethod
+    def _left_linear(linear, x):
+        """``linear`` applied along dim 1 of x (B, in, L) -> (B, out, L): bmm of the weight,
+        expanded over the batch (a view), from the left; reads x through its strides."""
+        weight = linear.weight.expand(x.shape[0], -1, -1)
+        if linear.bias is None:
+            return torch.bmm(weight, x)
+        return torch.baddbmm(linear.bias.unsqueeze(-1), weight, x)
 
     def inference_A(self, dtype):
         """A = -exp(A_log) (E, N) in ``dtype``, computed once per weight version: the cache is

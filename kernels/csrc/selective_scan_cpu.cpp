@@ -13,21 +13,27 @@
 //
 // Both directions advance kLanes channels of one B/C group together, one channel per SIMD
 // lane: the group's B_t, C_t are broadcast and every per-step scalar (softplus, gate) is
-// vectorised across lanes. Blocks of channels are spread over threads.
+// vectorised across lanes. Blocks of channels are spread over threads. The per-state loops
+// run on lane vectors (Vec<T>, a GCC/Clang vector type) so that sums and states stay in
+// registers; steps are staged into [step][lane] tiles (8x8 AVX transposes for channel-major
+// fp32 inputs) and B_t, C_t into [step][n] rows when their step stride is 1.
 //
 // The backward recomputes one chunk at a time from its checkpoint, keeping the states and
 // decays of the chunk in a buffer, and walks it in reverse. dB and dC sum over the channels
 // of a group: each block writes its own partial sums (its lanes added in a fixed order) for
 // a segment of the sequence, and the partials are then added block by block in a fixed
-// order. Memory for partials is bounded (partial_budget elements each for dB and dC),
-// whatever L and the thread count, and the result is bitwise the same for any number of
-// threads.
+// order. Memory for partials is bounded (partial_budget elements each for dB and dC, or one
+// chunk's; kept by the calling thread between calls), whatever L and the thread count, and
+// the result is bitwise the same for any number of threads. While a chunk computes, the
+// next one walked is prefetched.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
+#include <type_traits>
 #include <vector>
 
 #include "fast_math.h"
@@ -64,16 +70,67 @@ inline float fast_log(float x) {
   return 2.0f * s * p + static_cast<float>(k) * 0.693147180559945f;
 }
 
-// softplus(x) = log(1 + e^x), vectorisable; e^x alone where 1 + e^x would round it away.
-inline float fast_softplus(float x) {
-  const float w = fast_exp(x);
+// softplus(x) = log(1 + e^x) given w = e^x, vectorisable; w alone where 1 + w would round
+// it away. sigmoid(x) = d softplus / dx = w / (1 + w) from the same w (fast_exp clamps x,
+// so w is finite and nonzero); in fp64 (libm exp, no clamp) 1 / (1 + e^-x).
+inline float softplus_of(float x, float w) {
   const float small = w * (1.0f - 0.5f * w);
   return x > 20.0f ? x : (w < 1e-4f ? small : fast_log(1.0f + w));
 }
-inline double fast_softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+inline double softplus_of(double x, double w) { return x > 20.0 ? x : std::log1p(w); }
+inline float sigmoid_of(float, float w) { return w / (1.0f + w); }
+inline double sigmoid_of(double x, double) { return 1.0 / (1.0 + std::exp(-x)); }
 
 template <typename T>
 inline T fast_sigmoid(T x) { return T(1) / (T(1) + fast_exp(-x)); }
+
+// One value per lane of a block as a GCC/Clang vector (kLanes floats: one AVX register),
+// so that per-state values of the inner loops (running sums, decays) stay in registers;
+// compilers lower the type to whatever SIMD the CPU has, or to scalars.
+template <typename T>
+struct LaneVector {
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T)), may_alias));
+};
+template <typename T>
+using Vec = typename LaneVector<T>::type;
+
+template <typename T>
+inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void store(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
+
+// 2^t on every lane (the decays exp(dt A) = 2^(dt A log2 e), A log2 e kept per block), in
+// fp32 by fast_exp's polynomial (fast_math.h): t = i + f, |f| <= 1/2, i added to the
+// exponent bits as (t + 1.5 2^23)'s low bits shifted up (t rounded to the nearest integer
+// as nearbyint does), after fast_exp's clamp (e^-87 .. e^88).
+inline Vec<float> exp2_lanes(Vec<float> t) {
+  typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+#if defined(__AVX__)
+  static_assert(sizeof(Vec<float>) == sizeof(__m256), "one AVX register");
+  t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-125.5f)), _mm256_set1_ps(126.9f));
+#else
+  t = t < -125.5f ? Vec<float>{} - 125.5f : t;
+  t = t > 126.9f ? Vec<float>{} + 126.9f : t;
+#endif
+  const Vec<float> shifted = t + 12582912.0f;          // 1.5 2^23: integer part in low bits
+  const Vec<float> f = t - (shifted - 12582912.0f);
+  Vec<float> p = f * 1.546973208e-04f + 1.340043217e-03f;
+  p = p * f + 9.618025603e-03f;
+  p = p * f + 5.550327214e-02f;
+  p = p * f + 2.402265121e-01f;
+  p = p * f + 6.931472067e-01f;
+  p = p * f + 1.000000000e+00f;
+  return reinterpret_cast<Vec<float>>(reinterpret_cast<Bits>(p) +
+                                      (reinterpret_cast<Bits>(shifted) << 23));
+}
+inline Vec<double> exp2_lanes(Vec<double> t) {
+  for (int64_t j = 0; j < kLanes; ++j) t[j] = std::exp2(t[j]);
+  return t;
+}
 
 // A (B, E, L) tensor addressed through its strides.
 template <typename T>
@@ -102,6 +159,48 @@ GroupSeq<T> group_seq_of(const torch::Tensor& t) {
   return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+#if defined(__AVX__)
+// dst[i * ldd + j] = src[j * ld + i] for i, j < 8: an 8 x 8 transpose in registers.
+inline void transpose8(const float* src, int64_t ld, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {           // rows 0-3 (h = 0) and 4-7 (h = 1) of the source
+    const __m256 a = t[4 * h], b = t[4 * h + 1], c = t[4 * h + 2], d = t[4 * h + 3];
+    r[4 * h] = _mm256_shuffle_ps(a, c, _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * h + 1] = _mm256_shuffle_ps(a, c, _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * h + 2] = _mm256_shuffle_ps(b, d, _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * h + 3] = _mm256_shuffle_ps(b, d, _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[4 + i], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[4 + i], 0x31));
+  }
+}
+#endif
+
+// Steps of a channel-major full block moved 8 at a time by transpose8 (fp32 with AVX);
+// from: the source, its stride between lanes (channels), to: the destination, its stride
+// between lanes. Returns the steps done; the callers move the rest one by one.
+template <typename T>
+int64_t transpose_steps(const T* from, int64_t from_ld, T* to, int64_t to_ld, int64_t steps,
+                        bool to_tile) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    int64_t k = 0;
+    for (; k + 8 <= steps; k += 8) {
+      if (to_tile) transpose8(from + k, from_ld, to + k * to_ld, to_ld);
+      else transpose8(from + k * from_ld, from_ld, to + k, to_ld);
+    }
+    return k;
+  }
+#endif
+  return 0;
+}
+
 // Rows [t0, t0 + steps) of lanes [e0, e0 + width) of channel-batch b -> tile[step][lane];
 // lanes past width read as `fill`.
 template <typename T>
@@ -112,13 +211,15 @@ void stage(const Seq<const T>& s, int64_t b, int64_t e0, int64_t width, int64_t 
     for (int64_t k = 0; k < steps; ++k) std::memcpy(tile[k], src + k * s.st, sizeof(tile[k]));
     return;
   }
+  const int64_t done = s.st == 1 && width == kLanes
+      ? transpose_steps(&s.at(b, e0, t0), s.se, tile[0], kLanes, steps, true) : 0;
   for (int64_t j = 0; j < kLanes; ++j) {
     if (j >= width) {
-      for (int64_t k = 0; k < steps; ++k) tile[k][j] = fill;
+      for (int64_t k = done; k < steps; ++k) tile[k][j] = fill;
       continue;
     }
     const T* src = &s.at(b, e0 + j, t0);
-    for (int64_t k = 0; k < steps; ++k) tile[k][j] = src[k * s.st];
+    for (int64_t k = done; k < steps; ++k) tile[k][j] = src[k * s.st];
   }
 }
 
@@ -131,10 +232,94 @@ void unstage(const Seq<T>& s, int64_t b, int64_t e0, int64_t width, int64_t t0, 
     for (int64_t k = 0; k < steps; ++k) std::memcpy(dst + k * s.st, tile[k], sizeof(tile[k]));
     return;
   }
+  const int64_t done = s.st == 1 && width == kLanes
+      ? transpose_steps(tile[0], kLanes, &s.at(b, e0, t0), s.se, steps, false) : 0;
   for (int64_t j = 0; j < width; ++j) {
     T* dst = &s.at(b, e0 + j, t0);
-    for (int64_t k = 0; k < steps; ++k) dst[k * s.st] = tile[k][j];
+    for (int64_t k = done; k < steps; ++k) dst[k * s.st] = tile[k][j];
   }
+}
+
+// N values of each of `width` lanes (lane j's at src + j * ld) -> rows[n][j]; lanes past
+// width read as zero.
+template <typename T>
+void gather_lanes(const T* src, int64_t ld, int64_t width, int64_t N, Vec<T>* rows) {
+  T* out = reinterpret_cast<T*>(rows);
+  const int64_t done = width == kLanes ? transpose_steps(src, ld, out, kLanes, N, true) : 0;
+  for (int64_t n = done; n < N; ++n) {
+    for (int64_t j = 0; j < kLanes; ++j) rows[n][j] = j < width ? src[j * ld + n] : T(0);
+  }
+}
+
+// Inverse of gather_lanes for the first `width` lanes.
+template <typename T>
+void scatter_lanes(const Vec<T>* rows, int64_t width, int64_t N, T* dst, int64_t ld) {
+  const T* in = reinterpret_cast<const T*>(rows);
+  const int64_t done = width == kLanes ? transpose_steps(in, kLanes, dst, ld, N, false) : 0;
+  for (int64_t n = done; n < N; ++n) {
+    for (int64_t j = 0; j < width; ++j) dst[j * ld + n] = rows[n][j];
+  }
+}
+
+// Asks the cache for `steps` steps from `first` of `rows` rows (rows row_stride apart) when
+// they run along time (step_stride 1). The backward walks chunks last first, and the lanes
+// of a channel-major input are rows L apart: the hardware prefetcher lagged, and asking
+// for the next chunk while computing this one made the backward 5-10% faster (the
+// forward, walking forward, gained nothing from it).
+template <typename T>
+void prefetch_rows(const T* first, int64_t row_stride, int64_t step_stride, int64_t rows,
+                   int64_t steps) {
+  if (step_stride != 1 || steps <= 0) return;
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = first + r * row_stride;
+    for (int64_t k = 0; k < steps; k += kLine) __builtin_prefetch(row + k);
+    __builtin_prefetch(row + steps - 1);
+  }
+}
+
+// Prefetches steps [t0, t0 + steps) of a block's lanes of each given (B, E, L) sequence
+// (skipping absent ones) and of its group's B and C.
+template <typename T>
+void prefetch_block(std::initializer_list<const Seq<const T>*> seqs, const GroupSeq<T>& Bm,
+                    const GroupSeq<T>& Cm, int64_t b, int64_t g, int64_t e0, int64_t width,
+                    int64_t N, int64_t t0, int64_t steps) {
+  for (const Seq<const T>* x : seqs) {
+    if (x->p != nullptr) prefetch_rows(&x->at(b, e0, t0), x->se, x->st, width, steps);
+  }
+  prefetch_rows(Bm.step(b, g, t0), Bm.sn, Bm.st, N, steps);
+  prefetch_rows(Cm.step(b, g, t0), Cm.sn, Cm.st, N, steps);
+}
+
+// Rows of B_t or C_t for consecutive steps: step s's N values at p + s * stride, unit stride.
+template <typename T>
+struct Rows {
+  const T* p;
+  int64_t stride;
+  const T* operator[](int64_t s) const { return p + s * stride; }
+};
+
+// Steps [t0, t0 + steps) of B or C of batch b, group g as Rows: in place when a step's N
+// values are contiguous, else copied into buf (steps x N). x_proj's output gives them a
+// stride of L, and the N lines of one step then lie 4 KiB apart when L is a power of two,
+// all in one L1 set: read in place, every step missed L1.
+template <typename T>
+Rows<T> stage_group(const GroupSeq<T>& x, int64_t b, int64_t g, int64_t t0, int64_t steps,
+                    int64_t N, T* buf) {
+  const T* src = x.step(b, g, t0);
+  if (x.sn == 1) return {src, x.st};
+  int64_t grouped = 0, done = 0;  // states [0, grouped) moved for steps [0, done)
+  if (x.st == 1) {
+    for (; grouped + kLanes <= N; grouped += kLanes) {
+      done = transpose_steps(src + grouped * x.sn, x.sn, buf + grouped, N, steps, true);
+    }
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = n < grouped ? done : 0; k < steps; ++k) {
+      buf[k * N + n] = src[n * x.sn + k * x.st];
+    }
+  }
+  return {buf, N};
 }
 
 template <typename T>
@@ -142,9 +327,8 @@ struct ScanArgs {
   Seq<const T> u, delta, z;
   GroupSeq<T> Bm, Cm;
   const T *A, *D, *bias, *h0;
-  int64_t batch, d_inner, length, d_state, groups, chunk;
+  int64_t batch, d_inner, length, d_state, groups, chunk, n_chunks;  // n_chunks = ceil(L / K)
   bool softplus, has_z;
-  int64_t n_chunks() const { return (length + chunk - 1) / chunk; }
   int64_t per_group() const { return d_inner / groups; }
   int64_t blocks_per_group() const { return (per_group() + kLanes - 1) / kLanes; }
 };
@@ -167,17 +351,21 @@ Block block_of(const ScanArgs<T>& a, int64_t i) {
   return k;
 }
 
-// Per-lane constants of a block: A (n, lane), D, delta_bias; zeros in lanes past width.
+// Per-lane constants of a block: A (n, lane), A2 = A log2(e) (the decays are 2^(dt A2)),
+// D, delta_bias; zeros in lanes past width.
 template <typename T>
 struct LaneParams {
-  alignas(64) T A[kMaxState][kLanes];
+  alignas(64) T A[kMaxState][kLanes], A2[kMaxState][kLanes];
   alignas(64) T D[kLanes], bias[kLanes];
   LaneParams(const ScanArgs<T>& a, const Block& k) {
     for (int64_t j = 0; j < kLanes; ++j) {
       const bool on = j < k.width;
       D[j] = on ? a.D[k.e0 + j] : T(0);
       bias[j] = on ? a.bias[k.e0 + j] : T(0);
-      for (int64_t n = 0; n < a.d_state; ++n) A[n][j] = on ? a.A[(k.e0 + j) * a.d_state + n] : T(0);
+      for (int64_t n = 0; n < a.d_state; ++n) {
+        A[n][j] = on ? a.A[(k.e0 + j) * a.d_state + n] : T(0);
+        A2[n][j] = A[n][j] * T(1.44269504088896341);
+      }
     }
   }
 };
@@ -188,16 +376,22 @@ template <typename T>
 void step_sizes(const ScanArgs<T>& a, const LaneParams<T>& p, int64_t steps, T (*dt)[kLanes],
                 T (*slope)[kLanes]) {
   for (int64_t s = 0; s < steps; ++s) {
-    if (slope != nullptr) {
+    if (!a.softplus) {
+      for (int64_t j = 0; j < kLanes; ++j) dt[s][j] += p.bias[j];
+      if (slope != nullptr) std::fill(slope[s], slope[s] + kLanes, T(1));
+    } else if (slope != nullptr) {
 #pragma omp simd
       for (int64_t j = 0; j < kLanes; ++j) {
-        slope[s][j] = a.softplus ? fast_sigmoid(dt[s][j] + p.bias[j]) : T(1);
+        const T raw = dt[s][j] + p.bias[j], w = fast_exp(raw);
+        slope[s][j] = sigmoid_of(raw, w);
+        dt[s][j] = softplus_of(raw, w);
       }
-    }
+    } else {
 #pragma omp simd
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const T raw = dt[s][j] + p.bias[j];
-      dt[s][j] = a.softplus ? fast_softplus(raw) : raw;
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const T raw = dt[s][j] + p.bias[j];
+        dt[s][j] = softplus_of(raw, fast_exp(raw));
+      }
     }
   }
 }
@@ -227,20 +421,21 @@ inline T combine_chains(const T (*acc)[kLanes], int64_t j) {
 // Forward of one block: h_t = exp(dt A) h + dt u B_t, y_t = (C_t.h_t + D u) silu(z).
 template <typename T>
 void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT, T* ckpt) {
+  using V = Vec<T>;
   const int64_t N = a.d_state, L = a.length;
   const LaneParams<T> p(a, k);
-  alignas(64) T h[kMaxState][kLanes];
+  V h[kMaxState];
   alignas(64) T u[kTile][kLanes], dt[kTile][kLanes], gate[kTile][kLanes], out[kTile][kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) {
-    for (int64_t n = 0; n < N; ++n) {
-      h[n][j] = j < k.width ? a.h0[((k.b * a.d_inner) + k.e0 + j) * N + n] : T(0);
-    }
-  }
+  std::vector<T> bc_buf(2 * kTile * N);
+  gather_lanes(a.h0 + (k.b * a.d_inner + k.e0) * N, N, k.width, N, h);
+  int64_t next_ckpt = 0;  // the next step whose entering state is saved
   for (int64_t t0 = 0; t0 < L; t0 += kTile) {
     const int64_t steps = std::min(kTile, L - t0);
     stage(a.u, k.b, k.e0, k.width, t0, steps, u, T(0));
     stage(a.delta, k.b, k.e0, k.width, t0, steps, dt, T(0));
     step_sizes(a, p, steps, dt, static_cast<T(*)[kLanes]>(nullptr));
+    const Rows<T> Bs = stage_group(a.Bm, k.b, k.g, t0, steps, N, bc_buf.data());
+    const Rows<T> Cs = stage_group(a.Cm, k.b, k.g, t0, steps, N, bc_buf.data() + kTile * N);
     if (a.has_z) {
       stage(a.z, k.b, k.e0, k.width, t0, steps, gate, T(0));
       for (int64_t s = 0; s < steps; ++s) {
@@ -250,36 +445,25 @@ void forward_block(const ScanArgs<T>& a, const Block& k, const Seq<T>& y, T* hT,
     }
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = t0 + s;
-      if (ckpt != nullptr && t % a.chunk == 0) {
-        for (int64_t j = 0; j < k.width; ++j) {
-          T* dst = ckpt + ((k.b * a.d_inner + k.e0 + j) * a.n_chunks() + t / a.chunk) * N;
-          for (int64_t n = 0; n < N; ++n) dst[n] = h[n][j];
-        }
+      if (ckpt != nullptr && t == next_ckpt) {  // (not t % chunk: a division per step)
+        const int64_t first = ((k.b * a.d_inner + k.e0) * a.n_chunks + t / a.chunk) * N;
+        scatter_lanes(h, k.width, N, ckpt + first, a.n_chunks * N);
+        next_ckpt += a.chunk;
       }
-      const T* Bt = a.Bm.step(k.b, k.g, t);
-      const T* Ct = a.Cm.step(k.b, k.g, t);
-      alignas(64) T acc[kChains][kLanes] = {};
-      alignas(64) T dtu[kLanes];
-      for (int64_t j = 0; j < kLanes; ++j) dtu[j] = dt[s][j] * u[s][j];
+      const T* Bt = Bs[s];
+      const T* Ct = Cs[s];
+      const V dts = load(dt[s]), dtu = dts * load(u[s]);
+      V acc[kChains] = {};
       over_states(N, [&](int64_t n, int64_t c) {
-        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
-#pragma omp simd
-        for (int64_t j = 0; j < kLanes; ++j) {
-          h[n][j] = fast_exp(dt[s][j] * p.A[n][j]) * h[n][j] + dtu[j] * bn;
-          acc[c][j] += h[n][j] * cn;
-        }
+        h[n] = exp2_lanes(dts * load(p.A2[n])) * h[n] + dtu * Bt[n];
+        acc[c] += h[n] * Ct[n];
       });
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const T pre = combine_chains(acc, j) + p.D[j] * u[s][j];
-        out[s][j] = a.has_z ? pre * gate[s][j] : pre;
-      }
+      const V pre = (acc[0] + acc[1]) + (acc[2] + acc[3]) + load(p.D) * load(u[s]);
+      store(out[s], a.has_z ? pre * load(gate[s]) : pre);
     }
     unstage(y, k.b, k.e0, k.width, t0, steps, out);
   }
-  for (int64_t j = 0; j < k.width; ++j) {
-    for (int64_t n = 0; n < N; ++n) hT[(k.b * a.d_inner + k.e0 + j) * N + n] = h[n][j];
-  }
+  scatter_lanes(h, k.width, N, hT + (k.b * a.d_inner + k.e0) * N, N);
 }
 
 // out[n] = sum over lanes of rows[n][lane] * v[lane], lanes added in a fixed tree order:
@@ -334,39 +518,39 @@ struct Grads {
   int64_t segment;       // steps per segment
 };
 
-// Scratch of one worker: one chunk's states and decays, and staged tiles.
+// Scratch of one worker: one chunk's states and decays (rows of N lane vectors), staged
+// tiles, and the chunk's B_t and C_t rows.
 template <typename T>
 struct ChunkBuffers {
-  std::vector<T> h, decay;
-  std::vector<T> tiles;
+  // kLanes values aligned as one lane vector; read as Vec<T> (a may_alias type) or as T rows
+  struct alignas(sizeof(Vec<T>)) Lanes { T v[kLanes]; };
+  std::vector<Lanes> h, decay, tiles;
+  std::vector<T> bc;
   int64_t K;
   ChunkBuffers(int64_t chunk, int64_t N)
-      : h((chunk + 1) * N * kLanes), decay(chunk * N * kLanes),
-        tiles(9 * chunk * kLanes), K(chunk) {}
-  T (*row(std::vector<T>& v, int64_t s, int64_t N))[kLanes] {
-    return reinterpret_cast<T(*)[kLanes]>(v.data() + s * N * kLanes);
+      : h((chunk + 1) * N), decay(chunk * N), tiles(9 * chunk), bc(2 * chunk * N), K(chunk) {}
+  static Vec<T>* row(std::vector<Lanes>& v, int64_t s, int64_t N) {
+    return reinterpret_cast<Vec<T>*>(v.data() + s * N);
   }
-  T (*tile(int64_t i))[kLanes] { return reinterpret_cast<T(*)[kLanes]>(tiles.data() + i * K * kLanes); }
+  T (*tile(int64_t i))[kLanes] { return reinterpret_cast<T(*)[kLanes]>(tiles.data() + i * K); }
 };
 
 // Backward of one block over the chunks of [seg0, seg1), last chunk first.
 template <typename T>
 void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const Grads<T>& g,
                     const Carry<T>& carry, int64_t seg0, int64_t seg1, ChunkBuffers<T>& buf) {
+  using V = Vec<T>;
   const int64_t N = a.d_state, K = a.chunk;
   const LaneParams<T> p(a, k);
-  alignas(64) T grad_h[kMaxState][kLanes], dA[kMaxState][kLanes];
-  alignas(64) T dD[kLanes], dbias[kLanes];
+  V grad_h[kMaxState], dA[kMaxState];
+  V dD, dbias;
   const int64_t be0 = k.b * a.d_inner + k.e0;
   for (int64_t j = 0; j < kLanes; ++j) {
-    const bool on = j < k.width;
-    dD[j] = on ? carry.dD[be0 + j] : T(0);
-    dbias[j] = on ? carry.dbias[be0 + j] : T(0);
-    for (int64_t n = 0; n < N; ++n) {
-      grad_h[n][j] = on ? carry.grad_h[(be0 + j) * N + n] : T(0);
-      dA[n][j] = on ? carry.dA[(be0 + j) * N + n] : T(0);
-    }
+    dD[j] = j < k.width ? carry.dD[be0 + j] : T(0);
+    dbias[j] = j < k.width ? carry.dbias[be0 + j] : T(0);
   }
+  gather_lanes(carry.grad_h + be0 * N, N, k.width, N, grad_h);
+  gather_lanes(carry.dA + be0 * N, N, k.width, N, dA);
   T (*u)[kLanes] = buf.tile(0);
   T (*dt)[kLanes] = buf.tile(1);
   T (*slope)[kLanes] = buf.tile(2);
@@ -382,33 +566,30 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
     stage(a.u, k.b, k.e0, k.width, t0, steps, u, T(0));
     stage(a.delta, k.b, k.e0, k.width, t0, steps, dt, T(0));
     step_sizes(a, p, steps, dt, slope);
-    // Recompute the chunk: H row s is the state before step t0 + s.
-    T (*h0)[kLanes] = buf.row(buf.h, 0, N);
-    for (int64_t j = 0; j < kLanes; ++j) {
-      for (int64_t n = 0; n < N; ++n) {
-        h0[n][j] = j < k.width ? ckpt[((be0 + j) * a.n_chunks() + c) * N + n] : T(0);
-      }
+    const Rows<T> Bs = stage_group(a.Bm, k.b, k.g, t0, steps, N, buf.bc.data());
+    const Rows<T> Cs = stage_group(a.Cm, k.b, k.g, t0, steps, N, buf.bc.data() + K * N);
+    if (c > seg0 / K) {  // the previous chunk (the next one walked), while this one computes
+      prefetch_block({&a.u, &a.delta, &a.z, &g.dy}, a.Bm, a.Cm, k.b, k.g, k.e0, k.width, N,
+                     t0 - K, K);
     }
+    // Recompute the chunk: H row s is the state before step t0 + s.
+    gather_lanes(ckpt + (be0 * a.n_chunks + c) * N, a.n_chunks * N, k.width, N,
+                 buf.row(buf.h, 0, N));
     for (int64_t s = 0; s < steps; ++s) {
-      const T* Bt = a.Bm.step(k.b, k.g, t0 + s);
-      const T* Ct = a.Cm.step(k.b, k.g, t0 + s);
-      T (*prev)[kLanes] = buf.row(buf.h, s, N);
-      T (*next)[kLanes] = buf.row(buf.h, s + 1, N);
-      T (*dec)[kLanes] = buf.row(buf.decay, s, N);
-      alignas(64) T acc[kChains][kLanes] = {};
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) dtu[s][j] = dt[s][j] * u[s][j];
+      const T* Bt = Bs[s];
+      const T* Ct = Cs[s];
+      const V* prev = buf.row(buf.h, s, N);
+      V* next = buf.row(buf.h, s + 1, N);
+      V* dec = buf.row(buf.decay, s, N);
+      const V dts = load(dt[s]), dtus = dts * load(u[s]);
+      store(dtu[s], dtus);
+      V acc[kChains] = {};
       over_states(N, [&](int64_t n, int64_t c) {
-        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
-#pragma omp simd
-        for (int64_t j = 0; j < kLanes; ++j) {
-          dec[n][j] = fast_exp(dt[s][j] * p.A[n][j]);
-          next[n][j] = dec[n][j] * prev[n][j] + dtu[s][j] * bn;
-          acc[c][j] += next[n][j] * cn;
-        }
+        dec[n] = exp2_lanes(dts * load(p.A2[n]));
+        next[n] = dec[n] * prev[n] + dtus * Bt[n];
+        acc[c] += next[n] * Ct[n];
       });
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) pre[s][j] = combine_chains(acc, j) + p.D[j] * u[s][j];
+      store(pre[s], (acc[0] + acc[1]) + (acc[2] + acc[3]) + load(p.D) * load(u[s]));
     }
     // Output side: y = pre * silu(z); gy = dL/d(pre).
     stage(g.dy, k.b, k.e0, k.width, t0, steps, gy, T(0));
@@ -426,37 +607,34 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
     }
     // Reverse walk over the chunk.
     for (int64_t s = steps - 1; s >= 0; --s) {
-      const T* Bt = a.Bm.step(k.b, k.g, t0 + s);
-      const T* Ct = a.Cm.step(k.b, k.g, t0 + s);
-      const T (*prev)[kLanes] = buf.row(buf.h, s, N);
-      const T (*dec)[kLanes] = buf.row(buf.decay, s, N);
+      const T* Bt = Bs[s];
+      const T* Ct = Cs[s];
+      const V* prev = buf.row(buf.h, s, N);
+      const V* dec = buf.row(buf.decay, s, N);
+      const V gys = load(gy[s]), dts = load(dt[s]), us = load(u[s]);
       alignas(64) T gh_step[kMaxState][kLanes];
-      alignas(64) T sums_b[kChains][kLanes] = {}, sums_a[kChains][kLanes] = {};
+      V sums_b[kChains] = {}, sums_a[kChains] = {};
       over_states(N, [&](int64_t n, int64_t c) {
-        const T bn = Bt[n * a.Bm.sn], cn = Ct[n * a.Cm.sn];
-#pragma omp simd
-        for (int64_t j = 0; j < kLanes; ++j) {
-          const T gh = grad_h[n][j] + gy[s][j] * cn;   // dL/dh_t
-          gh_step[n][j] = gh;
-          sums_b[c][j] += gh * bn;
-          const T x = gh * dec[n][j] * prev[n][j];    // dL/d(dt A_n) through exp
-          sums_a[c][j] += x * p.A[n][j];
-          dA[n][j] += x * dt[s][j];
-          grad_h[n][j] = gh * dec[n][j];              // becomes dL/dh_{t-1}
-        }
+        const V gh = grad_h[n] + gys * Ct[n];   // dL/dh_t
+        store(gh_step[n], gh);
+        sums_b[c] += gh * Bt[n];
+        const V x = gh * dec[n] * prev[n];                 // dL/d(dt A_n) through exp
+        sums_a[c] += x * load(p.A[n]);
+        dA[n] += x * dts;
+        grad_h[n] = gh * dec[n];                           // becomes dL/dh_{t-1}
       });
-#pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const T sum_b = combine_chains(sums_b, j), sum_a = combine_chains(sums_a, j);
-        du[s][j] = gy[s][j] * p.D[j] + sum_b * dt[s][j];
-        ddt[s][j] = (sum_a + sum_b * u[s][j]) * slope[s][j];
-        dD[j] += gy[s][j] * u[s][j];
-        dbias[j] += ddt[s][j];
-      }
+      const V sum_b = (sums_b[0] + sums_b[1]) + (sums_b[2] + sums_b[3]);
+      const V sum_a = (sums_a[0] + sums_a[1]) + (sums_a[2] + sums_a[3]);
+      store(du[s], gys * load(p.D) + sum_b * dts);
+      const V ddts = (sum_a + sum_b * us) * load(slope[s]);
+      store(ddt[s], ddts);
+      dD += gys * us;
+      dbias += ddts;
       // This block's share of dB_t = sum_e dL/dh_t dt u and dC_t = sum_e gy h_t.
       const int64_t row = (part_row * g.segment + (t0 + s - seg0)) * N;
       lane_dot(gh_step, dtu[s], N, g.dB_part + row);
-      lane_dot(buf.row(buf.h, s + 1, N), gy[s], N, g.dC_part + row);
+      lane_dot(reinterpret_cast<const T(*)[kLanes]>(buf.row(buf.h, s + 1, N)), gy[s], N,
+               g.dC_part + row);
     }
     unstage(g.du, k.b, k.e0, k.width, t0, steps, du);
     unstage(g.ddelta, k.b, k.e0, k.width, t0, steps, ddt);
@@ -464,11 +642,9 @@ void backward_block(const ScanArgs<T>& a, const Block& k, const T* ckpt, const G
   for (int64_t j = 0; j < k.width; ++j) {
     carry.dD[be0 + j] = dD[j];
     carry.dbias[be0 + j] = dbias[j];
-    for (int64_t n = 0; n < N; ++n) {
-      carry.grad_h[(be0 + j) * N + n] = grad_h[n][j];
-      carry.dA[(be0 + j) * N + n] = dA[n][j];
-    }
   }
+  scatter_lanes(grad_h, k.width, N, carry.grad_h + be0 * N, N);
+  scatter_lanes(dA, k.width, N, carry.dA + be0 * N, N);
 }
 
 // dB[b, g, seg0 + t, n] = sum over blocks, in block order, of the segment's partials.
@@ -507,6 +683,7 @@ ScanArgs<T> make_args(const torch::Tensor& u, const torch::Tensor& delta, const 
   a.D = D.data_ptr<T>(); a.bias = bias.data_ptr<T>(); a.h0 = h0.data_ptr<T>();
   a.batch = u.size(0); a.d_inner = u.size(1); a.length = u.size(2);
   a.d_state = A.size(1); a.groups = Bm.size(1); a.chunk = chunk;
+  a.n_chunks = (a.length + chunk - 1) / chunk;
   a.softplus = softplus; a.has_z = has_z;
   TORCH_CHECK(a.d_state <= kMaxState, "selective_scan (cpu): d_state must be <= ", kMaxState);
   return a;
@@ -556,6 +733,17 @@ torch::Tensor sum_over_batch(const torch::Tensor& x) {
   return out;
 }
 
+// Scratch for the backward's dB/dC partial sums, kept by the calling thread between calls
+// (2 x partial_budget elements of each dtype, or one chunk's partials if larger): fresh
+// buffers cost a page fault per 4 KiB on every call, ~10% of a backward at (B 8, E 128,
+// L 1024).
+template <typename T>
+T* partial_scratch(int64_t elements) {
+  thread_local std::vector<T> scratch;
+  if (static_cast<int64_t>(scratch.size()) < elements) scratch.resize(elements);
+  return scratch.data();
+}
+
 std::vector<torch::Tensor> scan_bwd(torch::Tensor dy, torch::Tensor dhT, torch::Tensor u,
                                     torch::Tensor delta, torch::Tensor A, torch::Tensor Bm,
                                     torch::Tensor Cm, torch::Tensor D, torch::Tensor z,
@@ -580,13 +768,12 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor dy, torch::Tensor dhT, torch::
     // Steps per segment: a multiple of the chunk, with partials within partial_budget.
     const int64_t per_step = blocks * d_state;
     const int64_t segment = std::min(
-        a.n_chunks() * chunk, std::max<int64_t>(1, partial_budget / (per_step * chunk)) * chunk);
-    auto dB_part = torch::empty({a.blocks_per_group(), batch, groups, segment, d_state}, u.options());
-    auto dC_part = torch::empty_like(dB_part);
+        a.n_chunks * chunk, std::max<int64_t>(1, partial_budget / (per_step * chunk)) * chunk);
+    const int64_t part_size = a.blocks_per_group() * batch * groups * segment * d_state;
+    scalar_t* dB_part = partial_scratch<scalar_t>(2 * part_size);
     Grads<scalar_t> g{seq_of<scalar_t>(du), seq_of<scalar_t>(ddelta),
                       has_z ? seq_of<scalar_t>(dz) : Seq<scalar_t>{nullptr, 0, 0, 0},
-                      seq_of<const scalar_t>(dy), dB_part.data_ptr<scalar_t>(),
-                      dC_part.data_ptr<scalar_t>(), segment};
+                      seq_of<const scalar_t>(dy), dB_part, dB_part + part_size, segment};
     Carry<scalar_t> carry{grad_h.data_ptr<scalar_t>(), dA.data_ptr<scalar_t>(),
                           dD.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>()};
     const scalar_t* cp = ckpt.data_ptr<scalar_t>();
