@@ -39,10 +39,18 @@ def _grouped(bc):
     return bc.unsqueeze(1) if bc.dim() == 3 else bc
 
 
-def _from_time_major(grad, like):
-    """A (B, G, L, N) gradient from the kernel -> like's shape (a view when the dtype
-    matches: no copy here; whoever consumes it copies only if it must)."""
-    return grad.transpose(-1, -2).reshape(like.shape).to(like.dtype)
+def _meta(t):
+    """(dtype, shape) of an input, or None when it is absent: all the backward needs of it.
+    Holding the tensor itself on ctx would keep it alive where autograd's saved tensors are
+    released (``torch.utils.checkpoint`` drops them after the forward)."""
+    return None if t is None else (t.dtype, t.shape)
+
+
+def _from_time_major(grad, meta):
+    """A (B, G, L, N) gradient from the kernel -> the input's shape and dtype (``meta``); a
+    view when the dtype matches: no copy here; whoever consumes it copies only if it must."""
+    dtype, shape = meta
+    return grad.transpose(-1, -2).reshape(shape).to(dtype)
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
@@ -73,7 +81,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
             delta_softplus, z is not None, CHECKPOINT_CHUNK, needs_grad)
         if needs_grad:
             ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt)
-            ctx.originals = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+            ctx.inputs = [_meta(t) for t in (u, delta, A, B, C, D, z, delta_bias,
+                                              initial_state)]
             ctx.delta_softplus = delta_softplus
         ctx.mark_non_differentiable(ckpt)
         return y.to(u.dtype), final_state, ckpt
@@ -81,7 +90,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_final, _grad_ckpt):
         u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt = ctx.saved_tensors
-        u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.originals
+        u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.inputs      # (dtype, shape)
         grad_y = grad_y.to(u_c.dtype)
         grad_final = (grad_final.to(u_c.dtype).contiguous() if grad_final is not None
                       else torch.zeros_like(h0_c))
@@ -89,8 +98,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
             grad_y, grad_final, u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt,
             ctx.delta_softplus, z is not None, CHECKPOINT_CHUNK, PARTIAL_BUDGET)
 
-        def cast(grad, like):
-            return grad.to(like.dtype) if like is not None else None
+        def cast(grad, meta):
+            return grad.to(meta[0]) if meta is not None else None
 
         return (cast(du, u), cast(ddelta, delta), cast(dA, A),
                 _from_time_major(dB, B), _from_time_major(dC, C), cast(dD, D),
