@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .backbone import DEFAULT_CHUNK, Block, init_backbone_weights, lengths_from_mask
 from .mamba import Mamba
@@ -112,6 +113,9 @@ class BiMambaBackbone(PretrainedMixin, nn.Module):
             commutes with ``reverse_complement_hidden`` (each mixer is D/2 wide and used
             twice, so the parameter count is that of a D/2 model).
 
+    ``grad_checkpoint`` (attribute, False; ``set_grad_checkpointing(model)`` sets it): as in
+    ``MambaBackbone``, each layer's activations are recomputed in the backward pass.
+
     There is no ``step``: every output depends on the whole sequence.
 
     >>> bb = BiMambaBackbone(64, n_layer=4, rc_equivariant=True)
@@ -136,6 +140,7 @@ class BiMambaBackbone(PretrainedMixin, nn.Module):
                   norm_eps, **factory)
             for _ in range(n_layer))
         self.norm_f = RMSNorm(self.width, eps=norm_eps, **factory)
+        self.grad_checkpoint = False           # per-layer activation checkpointing (training)
         init_backbone_weights(self, n_layer)
 
     def _terms(self, mixer):
@@ -164,23 +169,32 @@ class BiMambaBackbone(PretrainedMixin, nn.Module):
     # -- whole sequence (differentiable) ------------------------------------------------
     def _forward_whole(self, x, lengths):
         residual = x.float()                                              # (B, L, D)
+        recompute = self.grad_checkpoint and torch.is_grad_enabled()
         for blk in self.layers:
-            parts = {}
-            for mamba, reverse, half in self._terms(blk.mixer):
-                src = residual[..., self._channels(half)]
-                if half == "b":
-                    src = src.flip(-1)
-                if reverse:
-                    src = reverse_within(src, lengths)
-                y = mamba(blk.mixer_input(src, x.dtype)).float()
-                if reverse:
-                    y = reverse_within(y, lengths)
-                if half == "b":
-                    y = y.flip(-1)
-                parts[half] = y if half not in parts else parts[half] + y
-            residual = residual + (torch.cat([parts["a"], parts["b"]], -1)
-                                   if self.rc_equivariant else parts[None])
+            if recompute:
+                residual = checkpoint(self._layer, blk, residual, lengths, x.dtype,
+                                      use_reentrant=False)
+            else:
+                residual = self._layer(blk, residual, lengths, x.dtype)
         return self._final_norm(residual).to(x.dtype)
+
+    def _layer(self, blk, residual, lengths, dtype):
+        """One residual layer: (B, L, D) fp32 residual -> the next one."""
+        parts = {}
+        for mamba, reverse, half in self._terms(blk.mixer):
+            src = residual[..., self._channels(half)]
+            if half == "b":
+                src = src.flip(-1)
+            if reverse:
+                src = reverse_within(src, lengths)
+            y = mamba(blk.mixer_input(src, dtype)).float()
+            if reverse:
+                y = reverse_within(y, lengths)
+            if half == "b":
+                y = y.flip(-1)
+            parts[half] = y if half not in parts else parts[half] + y
+        return residual + (torch.cat([parts["a"], parts["b"]], -1)
+                           if self.rc_equivariant else parts[None])
 
     def _final_norm(self, residual):
         if not self.rc_equivariant:

@@ -36,6 +36,34 @@ def test_checkpointed_blocks_give_the_same_gradients_and_are_recomputed():
         assert len(state) == 3 and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("rc_equivariant", [False, True])
+def test_checkpointed_bidirectional_layers_give_the_same_gradients(rc_equivariant):
+    from mambaseq.core import SequenceClassifier
+    clf = SequenceClassifier(6, 16, 2, num_classes=3, bidirectional=True,
+                             rc_equivariant=rc_equivariant,
+                             complement=[3, 2, 1, 0, 4, 5] if rc_equivariant else None)
+    ids = torch.randint(0, 4, (2, 37))
+    mask = torch.ones(2, 37, dtype=torch.bool)
+    mask[1, 30:] = False
+    labels = torch.tensor([0, 2])
+
+    def loss_and_grads():
+        clf.zero_grad()
+        loss = F.cross_entropy(clf(ids, mask), labels)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in clf.named_parameters()}
+
+    plain_loss, plain = loss_and_grads()
+    calls = []
+    clf.backbone.layers[1].mixer.fwd.register_forward_pre_hook(lambda *_: calls.append(1))
+    assert set_grad_checkpointing(clf) == 1 and clf.backbone.grad_checkpoint
+    loss, grads = loss_and_grads()
+    assert len(calls) == (4 if rc_equivariant else 2)    # each use, again in the backward
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_training_loop_applies_grad_checkpoint_or_refuses(tmp_path):
     def get_batch(index, seq_len, batch_size, rank, world):
         g = torch.Generator().manual_seed(index)
