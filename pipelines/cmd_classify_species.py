@@ -29,10 +29,10 @@ from mambaseq import core
 from mambaseq.mamba_bio.bed import write_split_bed
 from mambaseq.mamba_bio.datasets import SpeciesWindows
 from mambaseq.mamba_bio.fasta import open_sequences
-from mambaseq.mamba_bio.predict import window_probabilities
 from mambaseq.mamba_bio.metrics import (accuracy_by_length, classification_report,
                                         kmer_baseline, paired_comparison,
                                         plot_accuracy_vs_length, plot_confusion)
+from mambaseq.mamba_bio.predict import window_probabilities
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines.checkpoint import BEST, load_model, model_assets
 from mambaseq.pipelines.distributed import is_main_process

@@ -20,12 +20,7 @@ from mambaseq.mamba_audio.synth import Voice, speech_like, write_demo_corpus
 from mambaseq.pipelines import cli
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _random_probs(n, k, seed=0):
