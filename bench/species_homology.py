@@ -1,0 +1,142 @@
+"""Does a species split hand the classifier a sister species' copy of its test genes?
+
+    python -m mambaseq.bench.species_homology --split-bed runs/bact6/seed0/split.bed \
+        [--k 16] [--tile 1000] [--out bench/results/species]
+
+Reads the split BED of a classify-species run (``OUT/split.bed``, or ``OUT/seedS/split.bed``)
+and cuts every species' test regions into non-overlapping tiles. For each tile it counts the
+tile's canonical k-mers (a k-mer and its reverse complement count as one) that also occur in
+each species' training regions. A tile that shares many k-mers with another species'
+training regions and few with its own is a gene whose sister-species copy the classifier was
+trained on under the other label: sequence memory points to the wrong species, and only a
+genome-wide signal (composition, codon usage) can still call the tile right.
+
+Writes ``species_homology.json`` and ``species_homology.md``: per species the number of
+tiles, the median shared k-mers with each species' training regions, and the share of tiles
+with a homolog (at least ``--min-shared`` shared k-mers; a few are shared by chance or by
+low-complexity sequence) in another species' training regions and in their own.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import numpy as np
+
+from mambaseq.bench.report import machine_info, markdown_table, write_results
+from mambaseq.mamba_bio.bed import read_split_bed
+from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
+
+_TOKENIZER = CharTokenizer()
+_FIRST_BASE = _TOKENIZER.encode_numpy("A")[0]            # A C G T are consecutive ids
+
+
+def canonical_kmers(seq: str, k: int) -> np.ndarray:
+    """The canonical k-mer codes (uint64, k <= 32) of every window of ``seq`` of k bases
+    without an N: min(code of the k-mer, code of its reverse complement)."""
+    if not 1 <= k <= 32:
+        raise ValueError(f"k must be in 1..32, got {k}")
+    base = _TOKENIZER.encode_numpy(seq).astype(np.int64) - _FIRST_BASE   # A0 C1 G2 T3, else N
+    n = len(base) - k + 1
+    if n <= 0:
+        return np.zeros(0, np.uint64)
+    bad = (base < 0) | (base > 3)
+    code = np.where(bad, 0, base).astype(np.uint64)
+    fwd = np.zeros(n, np.uint64)
+    rev = np.zeros(n, np.uint64)
+    for j in range(k):
+        fwd = (fwd << np.uint64(2)) | code[j:j + n]
+        rev |= (np.uint64(3) - code[j:j + n]) << np.uint64(2 * j)
+    has_n = np.convolve(bad, np.ones(k, np.int64), "valid") > 0
+    return np.minimum(fwd, rev)[~has_n]
+
+
+def shared_counts(query: np.ndarray, sorted_set: np.ndarray) -> int:
+    """How many entries of ``query`` occur in ``sorted_set`` (sorted, unique)."""
+    if not len(sorted_set):
+        return 0
+    idx = np.searchsorted(sorted_set, query).clip(max=len(sorted_set) - 1)
+    return int((sorted_set[idx] == query).sum())
+
+
+def split_sequences(split_bed) -> tuple[list[str], dict, dict]:
+    """(species in file order, {species: [train region sequences]}, {species: [test ...]})."""
+    regions = read_split_bed(split_bed)
+    sources, train, test, species = {}, defaultdict(list), defaultdict(list), []
+    for r in regions:
+        if r.species not in species:
+            species.append(r.species)
+        source = sources.setdefault(r.fasta, open_sequences(r.fasta))
+        w = r.window
+        if r.split in ("train", "test"):
+            (train if r.split == "train" else test)[r.species].append(
+                source.fetch(w.name, w.start, w.end))
+    return species, train, test
+
+
+def homology_table(split_bed, k: int = 16, tile: int = 1000, min_shared: int = 50) -> dict:
+    """Per species: tiles, median k-mers shared with each species' training regions, and the
+    shares of tiles sharing at least ``min_shared`` k-mers with another species' training
+    regions (``homolog_in_other``) and with their own (``homolog_in_own``)."""
+    species, train, test = split_sequences(split_bed)
+    train_sets = {s: np.unique(np.concatenate([canonical_kmers(x, k) for x in train[s]]
+                                              or [np.zeros(0, np.uint64)]))
+                  for s in species}
+    rows = {}
+    for s in species:
+        counts = np.array([[shared_counts(canonical_kmers(seq[t:t + tile], k), train_sets[o])
+                            for o in species]
+                           for seq in test[s] for t in range(0, len(seq) - tile + 1, tile)])
+        if not len(counts):
+            rows[s] = {"tiles": 0}
+            continue
+        own = counts[:, species.index(s)]
+        others = np.delete(counts, species.index(s), axis=1).max(1, initial=0)
+        rows[s] = {"tiles": len(counts),
+                   "median_shared": {o: float(np.median(counts[:, i]))
+                                     for i, o in enumerate(species)},
+                   "homolog_in_other": float((others >= min_shared).mean()),
+                   "homolog_in_own": float((own >= min_shared).mean())}
+    return {"split_bed": str(split_bed), "k": k, "tile": tile, "min_shared": min_shared,
+            "species": species,
+            "rows": rows}
+
+
+def to_markdown(table: dict) -> str:
+    species = table["species"]
+    short = [s.split("_")[0][:5] + ". " + s.split("_")[1][:6] if "_" in s else s
+             for s in species]
+    header = ["test tiles of", "tiles", *[f"median shared: {n}" for n in short],
+              "homolog in another's training", "homolog in its own training"]
+    rows = []
+    for s in species:
+        r = table["rows"][s]
+        if not r["tiles"]:
+            rows.append([s, 0, *[""] * (len(species) + 2)])
+            continue
+        rows.append([s, r["tiles"], *[f"{r['median_shared'][o]:.0f}" for o in species],
+                     f"{r['homolog_in_other']:.0%}", f"{r['homolog_in_own']:.0%}"])
+    return (f"Canonical {table['k']}-mers of {table['tile']}-base test tiles found in each "
+            f"species' training regions ({table['split_bed']}); a homolog: at least "
+            f"{table['min_shared']} shared k-mers.\n\n"
+            + markdown_table(header, rows) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--split-bed", required=True, help="OUT/split.bed of a classify-species run")
+    p.add_argument("--k", type=int, default=16, help="k-mer length (at most 32)")
+    p.add_argument("--tile", type=int, default=1000, help="test tile length in bases")
+    p.add_argument("--min-shared", type=int, default=50,
+                   help="shared k-mers that make a tile's homolog (chance alone shares a few)")
+    p.add_argument("--out", default="bench/results/species")
+    args = p.parse_args(argv)
+    table = {**homology_table(args.split_bed, args.k, args.tile, args.min_shared), "machine": machine_info()}
+    markdown = to_markdown(table)
+    json_path, _ = write_results(args.out, "species_homology", table, markdown)
+    print(markdown + f"\n-> {json_path}")
+
+
+if __name__ == "__main__":
+    main()
