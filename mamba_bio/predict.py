@@ -10,9 +10,13 @@ single A, C, G or T (assembly gaps, an all-N record) are skipped. Windows are re
 time from the file (``fasta.open_sequences``: pyfaidx for FASTA), batched, and a record's
 call is the mean of its windows' class probabilities.
 
+Several classifiers of the same classes (e.g. one per seed of a classify-species run) can
+score as one, ``ClassifierEnsemble``: the renormalised mean of their class log-probabilities.
+
 >>> model, tokenizer, classes = load_classifier("runs/species/model")
 >>> for record in predict_records(model, tokenizer, open_sequences("new.fa"), window=1000):
 ...     record.name, record.windows, record.mean_probs      # mean_probs (C,)
+>>> model, tokenizer, classes = load_classifiers(["runs/b/seed0/model", "runs/b/seed1/model"])
 """
 from __future__ import annotations
 
@@ -70,6 +74,50 @@ def load_classifier(directory, device: str = "cpu"
     return model, CharTokenizer.load(directory), classes
 
 
+class ClassifierEnsemble(torch.nn.Module):
+    """Species classifiers of the same classes scored as one: a window's class
+    log-probabilities are the renormalised mean of the members' (each with its own strand
+    averaging), i.e. the normalised geometric mean of their probabilities."""
+
+    def __init__(self, members: list[core.SequenceClassifier]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one classifier")
+        if len({m.config.num_classes for m in members}) > 1:
+            raise ValueError("the classifiers of an ensemble must have the same classes, got "
+                             f"{[m.config.num_classes for m in members]} outputs")
+        self.members = torch.nn.ModuleList(members)
+        self.config = members[0].config                  # what callers read: num_classes
+
+    def log_probs(self, ids, mask=None):
+        """ids (B, L), mask (B, L) -> class log-probabilities (B, C)."""
+        return torch.stack([m.log_probs(ids, mask) for m in self.members]).mean(0).log_softmax(-1)
+
+
+def load_classifiers(directories, device: str = "cpu"):
+    """``load_classifier`` of one folder, or of several as a ``ClassifierEnsemble``: all must
+    have the same class names in the same order and the same tokenizer settings.
+
+    Returns:
+        (model or ensemble in eval mode, tokenizer, class names).
+    Raises:
+        ValueError: naming the folder whose classes or tokenizer differ from the first's.
+    """
+    directories = [Path(d) for d in directories]
+    loaded = [load_classifier(d, device) for d in directories]
+    model, tokenizer, classes = loaded[0]
+    if len(loaded) == 1:
+        return model, tokenizer, classes
+    for d, (_, tok, names) in zip(directories[1:], loaded[1:]):
+        if names != classes:
+            raise ValueError(f"{d}: its classes {names} are not those of {directories[0]} "
+                             f"({classes}); an ensemble needs the same classes in the same order")
+        if tok.to_config() != tokenizer.to_config():
+            raise ValueError(f"{d}: its tokenizer {tok.to_config()} differs from that of "
+                             f"{directories[0]} ({tokenizer.to_config()})")
+    return ClassifierEnsemble([m for m, _, _ in loaded]).eval(), tokenizer, classes
+
+
 def window_spans(length: int, window: int, stride: int) -> Iterator[tuple[int, int]]:
     """[start, end) of the windows of a record of ``length`` bases: every ``stride`` bases,
     then one window ending at the record's end if the last stopped short; a record shorter
@@ -99,7 +147,7 @@ def has_base(seq: str) -> bool:
 
 
 @torch.inference_mode()
-def class_probabilities(model: core.SequenceClassifier, ids: torch.Tensor) -> np.ndarray:
+def class_probabilities(model: core.SequenceClassifier | ClassifierEnsemble, ids: torch.Tensor) -> np.ndarray:
     """ids (B, W) -> class probabilities (B, C) as float64 (rows sum to 1); both strands
     averaged for a model built with ``strand_average``."""
     device = next(model.parameters()).device
@@ -107,7 +155,7 @@ def class_probabilities(model: core.SequenceClassifier, ids: torch.Tensor) -> np
     return torch.softmax(log_probs, dim=-1).cpu().numpy()
 
 
-def window_probabilities(model: core.SequenceClassifier, tokenizer: CharTokenizer,
+def window_probabilities(model: core.SequenceClassifier | ClassifierEnsemble, tokenizer: CharTokenizer,
                          seqs: list[str], tokens_per_batch: int = 64_000) -> np.ndarray:
     """Class probabilities (n, C) of windows ``seqs`` of one length, batched by tokens."""
     model.eval()

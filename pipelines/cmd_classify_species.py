@@ -32,7 +32,7 @@ from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.metrics import (accuracy_by_length, classification_report,
                                         kmer_baseline, paired_comparison,
                                         plot_accuracy_vs_length, plot_confusion)
-from mambaseq.mamba_bio.predict import window_probabilities
+from mambaseq.mamba_bio.predict import ClassifierEnsemble, window_probabilities
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines.checkpoint import BEST, load_model, model_assets
 from mambaseq.pipelines.distributed import is_main_process
@@ -214,7 +214,7 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
 
     Returns {"classes", "labels" (n,), "pred" (n,), "baseline_pred" (n,), "by_length"
     ({length: {"labels", "pred", "baseline_pred"}} for --eval-lengths), "steps",
-    "scored_model", "test_regions"}.
+    "scored_model", "test_regions", "model" (the scored model), "test_windows" (n strings)}.
     """
     data = SpeciesWindows(species, fractions=args.fractions, by=by, tokenizer=tokenizer,
                           rc_augment=not args.no_rc_augment, seed=cfg.seed, fold=fold,
@@ -247,6 +247,7 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
             "baseline_pred": kmer_baseline(train_x, train_y, test_x, k=args.kmer, seed=cfg.seed),
             "steps": summary["step"],
             "scored_model": "best validation checkpoint" if best.is_dir() else "final model",
+            "model": scored, "test_windows": test_x,
             "test_regions": {c: [f"{Path(p).name}:{w.name}:{w.start}-{w.end}" for p, w in r]
                              for c, r in zip(data.classes, data.regions("test"))}}
 
@@ -281,6 +282,22 @@ def pooled_report(parts: list[dict], args) -> dict:
                    "baseline_accuracy_sd": float(np.std([f["baseline_accuracy"]
                                                          for f in per_part], ddof=1))})
     return report
+
+
+def seed_ensemble(parts: list[dict], tokenizer, args) -> dict:
+    """The seeds' classifiers as one ensemble (``ClassifierEnsemble``: mean log-probabilities)
+    scored on every seed's test windows (all from the same test regions), beside the k-mer
+    baseline's calls on the same windows."""
+    ensemble = ClassifierEnsemble([p["model"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts])
+    pred = window_probabilities(ensemble, tokenizer, [x for p in parts for x in p["test_windows"]],
+                                args.eval_tokens).argmax(1)
+    baseline_pred = np.concatenate([p["baseline_pred"] for p in parts])
+    return {"members": [p["part"]["seed"] for p in parts],
+            "accuracy": float((pred == labels).mean()),
+            "baseline_accuracy": float((baseline_pred == labels).mean()),
+            "paired_vs_baseline": paired_comparison(labels, pred, baseline_pred),
+            "test_windows": len(labels)}
 
 
 def train_parts(args, cfg, species, tokenizer) -> list[dict]:
@@ -332,6 +349,8 @@ def run(args):
     if not is_main_process():
         return
     report = pooled_report(parts, args)
+    if args.seeds and len(parts) > 1:
+        report["seed_ensemble"] = seed_ensemble(parts, tokenizer, args)
     out = Path(cfg.out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     what = (f"{args.folds}-fold CV, " if args.folds
@@ -345,6 +364,8 @@ def run(args):
         kind = "folds" if args.folds else "seeds"
         summary.update({k: report[k] for k in ("accuracy_sd", "baseline_accuracy_sd",
                                                f"{kind}_won")})
+        if "seed_ensemble" in report:
+            summary["seed_ensemble_accuracy"] = report["seed_ensemble"]["accuracy"]
     if "accuracy_vs_length" in report:
         write_length_results(report, out, args.eval_per_class)
         summary["accuracy_vs_length"] = {r["length"]: [round(r["accuracy"], 4),

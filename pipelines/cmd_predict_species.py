@@ -3,6 +3,10 @@
     mambaseq predict-species --model runs/species/model --fasta new.fa other.fa.gz \
         --out preds.tsv [--window 1000] [--stride 1000] [--batch-size 32] [--summary FILE]
 
+Several ``--model`` folders of the same classes (e.g. ``runs/b/seed0/model
+runs/b/seed1/model``) score as one ensemble: the mean of their class log-probabilities,
+renormalised (``mamba_bio.predict.ClassifierEnsemble``).
+
 Writes two files:
 
 - ``--out`` (TSV), one row per window: ``file``, ``record``, ``start``, ``end`` (0-based,
@@ -32,7 +36,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mambaseq.mamba_bio.fasta import open_sequences
-from mambaseq.mamba_bio.predict import load_classifier, predict_records
+from mambaseq.mamba_bio.predict import load_classifiers, predict_records
 
 HELP = "species calls for every window and record of new FASTA files, from a trained classifier"
 
@@ -41,9 +45,10 @@ SUMMARY_COLUMNS = ("file", "record", "length", "windows", "predicted")
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", required=True, metavar="DIR",
+    parser.add_argument("--model", required=True, nargs="+", metavar="DIR",
                         help="classifier folder of a classify-species run: OUT/model, "
-                             "OUT/checkpoints/best or OUT/checkpoints/step_*")
+                             "OUT/checkpoints/best or OUT/checkpoints/step_*; several folders "
+                             "of the same classes are averaged as an ensemble")
     parser.add_argument("--fasta", required=True, nargs="+", metavar="F",
                         help="FASTA (plain or bgzip) or GenBank files")
     # dest is not "out": the CLI makes an --out *directory* (for config.json); this is a file.
@@ -79,7 +84,7 @@ def _check_args(args, classes):
             raise ValueError(f"--{opt.replace('_', '-')} must be a positive integer, got {value}")
     clash = set(classes) & set(FIXED_COLUMNS + SUMMARY_COLUMNS)
     if clash:
-        raise ValueError(f"{args.model}: class name(s) {sorted(clash)} clash with the output "
+        raise ValueError(f"{args.model[0]}: class name(s) {sorted(clash)} clash with the output "
                          "columns")
 
 
@@ -120,11 +125,11 @@ def write_summary(path: Path, rows, classes) -> None:
 def run(args):
     out = Path(args.out_file)
     summary = summary_path(out, args.summary)
-    model, tokenizer, classes = load_classifier(args.model, device=args.device)
+    model, tokenizer, classes = load_classifiers(args.model, device=args.device)
     _check_args(args, classes)
     sources = [(path, open_sequences(path, decompress_gzip=args.decompress_gzip))
                for path in args.fasta]
-    print(f"[mambaseq] {len(classes)} classes from {args.model}; windows of {args.window} "
+    print(f"[mambaseq] {len(classes)} classes from {' + '.join(args.model)}; windows of {args.window} "
           f"bases every {args.stride or args.window}", file=sys.stderr)
 
     out.parent.mkdir(parents=True, exist_ok=True)

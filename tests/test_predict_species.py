@@ -17,8 +17,9 @@ from Bio import bgzf
 
 from mambaseq import core
 from mambaseq.mamba_bio.fasta import open_sequences
-from mambaseq.mamba_bio.predict import (CLASSES_FILE, load_classifier, predict_records,
-                                        predict_windows, window_spans)
+from mambaseq.mamba_bio.predict import (CLASSES_FILE, load_classifier, load_classifiers,
+                                        predict_records, predict_windows, window_probabilities,
+                                        window_spans)
 from mambaseq.mamba_bio.simulate import write_fasta
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines import cmd_predict_species
@@ -259,6 +260,38 @@ def test_every_classifier_folder_predicts(trained, tmp_path, capsys):
             assert code == 1
             err = error_line(capsys)
             assert str(folder) in err and ".json" in err
+
+
+def test_several_models_predict_as_their_normalised_geometric_mean(trained, tmp_path):
+    """--model A B: each window's probabilities are the renormalised geometric mean of A's
+    and B's (mean log-probabilities), and the rows say so; the ensemble is not either model."""
+    run, fasta = trained["run"], trained["fastas"]["b"]
+    a, b = run / "model", sorted((run / "checkpoints").glob("step_*"))[0]
+    source = open_sequences(fasta)
+    name = source.names[0]
+    seqs = [source.fetch(name, i, i + 64) for i in range(0, 640, 64)]
+    (model_a, tok, _), (model_b, _, _) = load_classifier(a), load_classifier(b)
+    p_a, p_b = (window_probabilities(m, tok, seqs) for m in (model_a, model_b))
+    assert not np.allclose(p_a, p_b, atol=1e-4)
+    expected = np.sqrt(p_a * p_b)
+    expected /= expected.sum(1, keepdims=True)
+    ensemble, _, classes = load_classifiers([a, b])
+    np.testing.assert_allclose(window_probabilities(ensemble, tok, seqs), expected, atol=1e-6)
+
+    out = tmp_path / "ens.tsv"
+    assert main(["predict-species", "--model", str(a), str(b), "--fasta", str(fasta),
+                 "--out", str(out), "--window", "64"]) == 0
+    rows = [r for r in read_tsv(out) if r["record"] == name][:10]
+    got = np.array([[float(r[c]) for c in classes] for r in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_an_ensemble_needs_the_same_classes(trained, tmp_path, capsys):
+    two = save_random_classifier(tmp_path / "two", n_classes=2)
+    one_line_error(capsys, ["predict-species", "--model", str(trained["run"] / "model"),
+                            str(two), "--fasta", str(trained["fastas"]["a"]),
+                            "--out", str(tmp_path / "p.tsv")],
+                   str(two), "are not those of", "same classes")
 
 
 def test_one_line_errors(trained, tmp_path, capsys):

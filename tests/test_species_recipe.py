@@ -1,15 +1,21 @@
 """Species classification recipe: the split written as BED, pretraining that never reads a
 test region, seeds pooled in one report, accuracy against window length."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
+from mambaseq import core
 from mambaseq.mamba_bio.bed import SplitRegion, read_split_bed, write_split_bed
 from mambaseq.mamba_bio.datasets import GenomeWindows, SpeciesWindows
 from mambaseq.mamba_bio.fasta import Window, open_sequences
 from mambaseq.mamba_bio.metrics import accuracy_by_length
+from mambaseq.mamba_bio.predict import window_probabilities
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines import cmd_pretrain_genome
+from mambaseq.pipelines.cmd_classify_species import seed_ensemble
 from mambaseq.pipelines.cli import build_parser, main
 from species_data import TINY, simulated_species
 
@@ -79,6 +85,9 @@ def test_classify_species_pretrains_on_train_regions_then_fine_tunes(sim, tmp_pa
                  "--seeds", "0", "1", "--eval-lengths", "64", "256", *TINY]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert [s["seed"] for s in rep["seeds"]] == [0, 1]
+    ens = rep["seed_ensemble"]
+    assert ens["members"] == [0, 1] and ens["test_windows"] == rep["test_windows"]
+    assert ens["baseline_accuracy"] == rep["baseline_accuracy"] and 0 <= ens["accuracy"] <= 1
     for seed in (0, 1):
         split = read_split_bed(out / f"seed{seed}" / "split.bed")
         pre = json.loads((out / f"seed{seed}" / "pretrain" / "report.json").read_text())
@@ -93,6 +102,25 @@ def test_classify_species_pretrains_on_train_regions_then_fine_tunes(sim, tmp_pa
     assert all(r["test_windows"] == 2 * 3 * 2 and len(r["per_part"]) == 2 for r in rows)
     assert (out / "accuracy_vs_length.png").stat().st_size > 0
     assert "accuracy_vs_length" in capsys.readouterr().out
+
+
+def test_seed_ensemble_scores_every_seed_window_with_the_mean_log_probabilities():
+    tok = CharTokenizer()
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(core.SequenceClassifier(tok.vocab_size, 8, 1, 3, d_state=4).eval())
+    rng = np.random.default_rng(0)
+    windows = ["".join(rng.choice(list("ACGT"), 40)) for _ in range(12)]
+    labels = rng.integers(0, 3, 12)
+    parts = [{"model": m, "test_windows": windows[6 * i:6 * i + 6],
+              "labels": labels[6 * i:6 * i + 6], "baseline_pred": np.zeros(6, int),
+              "part": {"seed": 10 + i}} for i, m in enumerate(models)]
+    ens = seed_ensemble(parts, tok, SimpleNamespace(eval_tokens=1000))
+    geo = sum(np.log(window_probabilities(m, tok, windows)) for m in models)
+    assert ens["accuracy"] == pytest.approx(float((geo.argmax(1) == labels).mean()))
+    assert ens["baseline_accuracy"] == pytest.approx(float((labels == 0).mean()))
+    assert ens["members"] == [10, 11] and ens["test_windows"] == 12
 
 
 def test_accuracy_by_length_pools_parts_and_gives_their_spread():
