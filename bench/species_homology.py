@@ -99,8 +99,7 @@ def homology_table(split_bed, k: int = 16, tile: int = 1000, min_shared: int = 5
                    "homolog_in_other": float((others >= min_shared).mean()),
                    "homolog_in_own": float((own >= min_shared).mean())}
     return {"split_bed": str(split_bed), "k": k, "tile": tile, "min_shared": min_shared,
-            "species": species,
-            "rows": rows}
+            "species": species, "rows": rows}
 
 
 def to_markdown(table: dict) -> str:
@@ -132,7 +131,8 @@ def main(argv=None):
                    help="shared k-mers that make a tile's homolog (chance alone shares a few)")
     p.add_argument("--out", default="bench/results/species")
     args = p.parse_args(argv)
-    table = {**homology_table(args.split_bed, args.k, args.tile, args.min_shared), "machine": machine_info()}
+    table = {**homology_table(args.split_bed, args.k, args.tile, args.min_shared),
+             "machine": machine_info()}
     markdown = to_markdown(table)
     json_path, _ = write_results(args.out, "species_homology", table, markdown)
     print(markdown + f"\n-> {json_path}")

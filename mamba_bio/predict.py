@@ -147,7 +147,8 @@ def has_base(seq: str) -> bool:
 
 
 @torch.inference_mode()
-def class_probabilities(model: core.SequenceClassifier | ClassifierEnsemble, ids: torch.Tensor) -> np.ndarray:
+def class_probabilities(model: core.SequenceClassifier | ClassifierEnsemble,
+                        ids: torch.Tensor) -> np.ndarray:
     """ids (B, W) -> class probabilities (B, C) as float64 (rows sum to 1); both strands
     averaged for a model built with ``strand_average``."""
     device = next(model.parameters()).device
@@ -155,8 +156,9 @@ def class_probabilities(model: core.SequenceClassifier | ClassifierEnsemble, ids
     return torch.softmax(log_probs, dim=-1).cpu().numpy()
 
 
-def window_probabilities(model: core.SequenceClassifier | ClassifierEnsemble, tokenizer: CharTokenizer,
-                         seqs: list[str], tokens_per_batch: int = 64_000) -> np.ndarray:
+def window_probabilities(model: core.SequenceClassifier | ClassifierEnsemble,
+                         tokenizer: CharTokenizer, seqs: list[str],
+                         tokens_per_batch: int = 64_000) -> np.ndarray:
     """Class probabilities (n, C) of windows ``seqs`` of one length, batched by tokens."""
     model.eval()
     batch_size = max(1, tokens_per_batch // max(1, len(seqs[0]))) if seqs else 1

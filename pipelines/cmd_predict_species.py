@@ -129,8 +129,8 @@ def run(args):
     _check_args(args, classes)
     sources = [(path, open_sequences(path, decompress_gzip=args.decompress_gzip))
                for path in args.fasta]
-    print(f"[mambaseq] {len(classes)} classes from {' + '.join(args.model)}; windows of {args.window} "
-          f"bases every {args.stride or args.window}", file=sys.stderr)
+    print(f"[mambaseq] {len(classes)} classes from {' + '.join(args.model)}; windows of "
+          f"{args.window} bases every {args.stride or args.window}", file=sys.stderr)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     summary.parent.mkdir(parents=True, exist_ok=True)

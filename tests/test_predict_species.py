@@ -264,7 +264,7 @@ def test_every_classifier_folder_predicts(trained, tmp_path, capsys):
 
 def test_several_models_predict_as_their_normalised_geometric_mean(trained, tmp_path):
     """--model A B: each window's probabilities are the renormalised geometric mean of A's
-    and B's (mean log-probabilities), and the rows say so; the ensemble is not either model."""
+    and B's (mean log-probabilities), and the rows say so (A and B differ)."""
     run, fasta = trained["run"], trained["fastas"]["b"]
     a, b = run / "model", sorted((run / "checkpoints").glob("step_*"))[0]
     source = open_sequences(fasta)
