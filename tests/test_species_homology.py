@@ -4,12 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from mambaseq import core
 from mambaseq.bench import species_homology
 from mambaseq.bench.species_homology import canonical_kmers, homology_table
 from mambaseq.mamba_bio.bed import SplitRegion, write_split_bed
 from mambaseq.mamba_bio.fasta import Window
-from mambaseq.mamba_bio.tokenizers import reverse_complement
+from mambaseq.mamba_bio.predict import CLASSES_FILE, load_classifier, window_probabilities
+from mambaseq.mamba_bio.tokenizers import CharTokenizer, reverse_complement
 
 
 def _random_dna(rng, n):
@@ -27,6 +30,15 @@ def test_canonical_kmers_are_strand_free_and_skip_n():
     assert len(canonical_kmers("ACG", 4)) == 0
     with pytest.raises(ValueError, match="k must be in 1..32"):
         canonical_kmers(seq, 33)
+
+
+def _save_classifier(folder, classes):
+    tok = CharTokenizer()
+    torch.manual_seed(0)
+    core.SequenceClassifier(tok.vocab_size, 8, 1, len(classes), d_state=4).save_pretrained(folder)
+    tok.save(folder)
+    (folder / CLASSES_FILE).write_text(json.dumps(classes))
+    return folder
 
 
 def test_a_test_region_copied_into_the_other_species_training_is_found(tmp_path):
@@ -57,5 +69,18 @@ def test_a_test_region_copied_into_the_other_species_training_is_found(tmp_path)
 
     species_homology.main(["--split-bed", str(bed), "--out", str(tmp_path / "out")])
     written = json.loads((tmp_path / "out" / "species_homology.json").read_text())
-    assert written["rows"]["a"]["homolog_in_other"] == 1.0
+    assert written["rows"]["a"]["homolog_in_other"] == 1.0 and written["model"] is None
     assert "| a | 2 |" in (tmp_path / "out" / "species_homology.md").read_text()
+
+    # --model: the classifier's accuracy on tiles with a homolog elsewhere and on the rest
+    folder = _save_classifier(tmp_path / "cls", ["b", "a"])
+    table = homology_table(bed, k=16, tile=1000, min_shared=50, model_dir=folder)
+    model, tok, classes = load_classifier(folder)
+    for name, seq in (("a", a_test), ("b", b_test)):
+        right = window_probabilities(model, tok, [seq[:1000], seq[1000:]]).argmax(1) \
+            == classes.index(name)
+        row = table["rows"][name]
+        with_homolog = row["accuracy_homolog_in_other"], row["accuracy_rest"]
+        assert with_homolog == ((right.mean(), None) if name == "a" else (None, right.mean()))
+    with pytest.raises(ValueError, match="are not the species of"):
+        homology_table(bed, model_dir=_save_classifier(tmp_path / "c3", ["a", "b", "c"]))
