@@ -12,7 +12,8 @@ from .backbone import MambaBackbone, MambaBackboneConfig
 from .bimamba import (BiMamba, BiMambaBackbone, BiMambaBackboneConfig,
                       reverse_complement_hidden)
 from .heads import (MambaLM, MambaLMConfig, NgramEmbedding, RCEmbedding, SequenceClassifier,
-                    SequenceClassifierConfig, TokenModelConfig, pool_hidden, token_embedding)
+                    SequenceClassifierConfig, TokenModelConfig, mean_log_probs, pool_hidden,
+                    token_embedding)
 from .multiscale import (MultiscaleBackbone, MultiscaleBackboneConfig, MultiscaleState,
                          get_pooling, linear_pooling, register_pooling)
 from .sampling import sample_logits, top_k_filter, top_p_filter
@@ -24,6 +25,7 @@ __all__ = ["Mamba", "MambaState", "selective_scan", "selective_scan_ref",
            "BiMamba", "BiMambaBackbone", "BiMambaBackboneConfig", "reverse_complement_hidden",
            "MambaLM", "MambaLMConfig", "SequenceClassifier", "SequenceClassifierConfig",
            "NgramEmbedding", "RCEmbedding", "TokenModelConfig", "token_embedding", "pool_hidden",
+           "mean_log_probs",
            "MultiscaleBackbone", "MultiscaleBackboneConfig", "MultiscaleState",
            "register_pooling", "get_pooling",
            "linear_pooling", "sample_logits", "top_k_filter", "top_p_filter",

@@ -20,6 +20,13 @@ from .sampling import sample_logits
 POOLINGS = ("mean", "last", "max")
 
 
+def mean_log_probs(log_probs):
+    """Log-probabilities (B, C) of several scorings of the same windows (a window and its
+    reverse complement, or the members of an ensemble) -> their mean, renormalised (B, C):
+    the normalised geometric mean of the probabilities."""
+    return torch.stack(list(log_probs)).mean(0).log_softmax(-1)
+
+
 def pool_hidden(h, mask=None, mode="mean"):
     """Pool (B, L, F) over the real steps of each row -> (B, F).
 
@@ -411,4 +418,4 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
             return logp
         lengths = None if mask is None else lengths_from_mask(mask, ids.shape[1])
         rc_ids = self.strand_complement[reverse_within(ids, lengths)]
-        return ((logp + self(rc_ids, mask).log_softmax(-1)) / 2).log_softmax(-1)
+        return mean_log_probs([logp, self(rc_ids, mask).log_softmax(-1)])

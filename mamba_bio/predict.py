@@ -76,8 +76,8 @@ def load_classifier(directory, device: str = "cpu"
 
 class ClassifierEnsemble(torch.nn.Module):
     """Species classifiers of the same classes scored as one: a window's class
-    log-probabilities are the renormalised mean of the members' (each with its own strand
-    averaging), i.e. the normalised geometric mean of their probabilities."""
+    log-probabilities are ``core.mean_log_probs`` of the members' (each with its own strand
+    averaging), the rule strand averaging uses too."""
 
     def __init__(self, members: list[core.SequenceClassifier]):
         super().__init__()
@@ -91,7 +91,7 @@ class ClassifierEnsemble(torch.nn.Module):
 
     def log_probs(self, ids, mask=None):
         """ids (B, L), mask (B, L) -> class log-probabilities (B, C)."""
-        return torch.stack([m.log_probs(ids, mask) for m in self.members]).mean(0).log_softmax(-1)
+        return core.mean_log_probs(m.log_probs(ids, mask) for m in self.members)
 
 
 def load_classifiers(directories, device: str = "cpu"):
