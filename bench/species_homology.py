@@ -29,39 +29,27 @@ import numpy as np
 from mambaseq.bench.report import machine_info, markdown_table, write_results
 from mambaseq.mamba_bio.bed import read_split_bed
 from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.mamba_bio.metrics import sorted_lookup
 from mambaseq.mamba_bio.predict import load_classifier, window_probabilities
-from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.mamba_bio.tokenizers import CharTokenizer, kmer_index
 
 _TOKENIZER = CharTokenizer()
 _FIRST_BASE = _TOKENIZER.encode_numpy("A")[0]            # A C G T are consecutive ids
 
 
 def canonical_kmers(seq: str, k: int) -> np.ndarray:
-    """The canonical k-mer codes (uint64, k <= 32) of every window of ``seq`` of k bases
-    without an N: min(code of the k-mer, code of its reverse complement)."""
-    if not 1 <= k <= 32:
-        raise ValueError(f"k must be in 1..32, got {k}")
+    """The canonical k-mer indices (int64, k <= 31) of every window of ``seq`` of k bases
+    without an N: min(index of the k-mer, index of its reverse complement)."""
     base = _TOKENIZER.encode_numpy(seq).astype(np.int64) - _FIRST_BASE   # A0 C1 G2 T3, else N
-    n = len(base) - k + 1
-    if n <= 0:
-        return np.zeros(0, np.uint64)
-    bad = (base < 0) | (base > 3)
-    code = np.where(bad, 0, base).astype(np.uint64)
-    fwd = np.zeros(n, np.uint64)
-    rev = np.zeros(n, np.uint64)
-    for j in range(k):
-        fwd = (fwd << np.uint64(2)) | code[j:j + n]
-        rev |= (np.uint64(3) - code[j:j + n]) << np.uint64(2 * j)
-    has_n = np.convolve(bad, np.ones(k, np.int64), "valid") > 0
-    return np.minimum(fwd, rev)[~has_n]
+    forward = kmer_index(base, k)
+    complement = np.where((base >= 0) & (base <= 3), 3 - base, base)
+    reverse = kmer_index(complement[::-1], k)[::-1]      # the RC of the k-mer at each start
+    return np.minimum(forward, reverse)[forward >= 0]
 
 
 def shared_counts(query: np.ndarray, sorted_set: np.ndarray) -> int:
     """How many entries of ``query`` occur in ``sorted_set`` (sorted, unique)."""
-    if not len(sorted_set):
-        return 0
-    idx = np.searchsorted(sorted_set, query).clip(max=len(sorted_set) - 1)
-    return int((sorted_set[idx] == query).sum())
+    return int(sorted_lookup(sorted_set, query)[1].sum())
 
 
 def split_sequences(split_bed) -> tuple[list[str], dict, dict]:
@@ -89,7 +77,7 @@ def homology_table(split_bed, k: int = 16, tile: int = 1000, min_shared: int = 5
     (``accuracy_homolog_in_other``, ``accuracy_rest``; None where there is no such tile)."""
     species, train, test = split_sequences(split_bed)
     train_sets = {s: np.unique(np.concatenate([canonical_kmers(x, k) for x in train[s]]
-                                              or [np.zeros(0, np.uint64)]))
+                                              or [np.zeros(0, np.int64)]))
                   for s in species}
     classifier = load_classifier(model_dir) if model_dir else None
     if classifier and sorted(classifier[2]) != sorted(species):
@@ -157,7 +145,7 @@ def main(argv=None):
     p.add_argument("--model", default=None, metavar="DIR",
                    help="also score the test tiles with this classifier folder (e.g. the "
                         "run's OUT/model), split by whether a tile has a homolog elsewhere")
-    p.add_argument("--k", type=int, default=16, help="k-mer length (at most 32)")
+    p.add_argument("--k", type=int, default=16, help="k-mer length (at most 31)")
     p.add_argument("--tile", type=int, default=1000, help="test tile length in bases")
     p.add_argument("--min-shared", type=int, default=50,
                    help="shared k-mers that make a tile's homolog (chance alone shares a few)")

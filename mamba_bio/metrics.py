@@ -183,10 +183,17 @@ def markov_nll(train: str, test: str, order: int, alpha: float = 1.0) -> tuple[f
                    - np.log(_lookup(ctx_keys, ctx_counts, ctx) + 4 * alpha)).sum()), int(len(nxt))
 
 
-def _lookup(keys: np.ndarray, counts: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """counts[keys == q] for each q (0 where absent); ``keys`` sorted."""
+def sorted_lookup(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each q of ``query``: (its index in ``keys`` where held, whether ``keys`` holds it);
+    ``keys`` sorted and unique. O(len(query) log len(keys)), no sort of ``keys``."""
     idx = np.searchsorted(keys, query).clip(max=max(len(keys) - 1, 0))
     hit = keys[idx] == query if len(keys) else np.zeros(len(query), bool)
+    return idx, hit
+
+
+def _lookup(keys: np.ndarray, counts: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """counts[keys == q] for each q (0 where absent); ``keys`` sorted."""
+    idx, hit = sorted_lookup(keys, query)
     return np.where(hit, counts[idx] if len(keys) else 0, 0).astype(np.float64)
 
 

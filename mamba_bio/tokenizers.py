@@ -197,6 +197,24 @@ def reverse_complement_ids(ids: torch.Tensor, complement_map: torch.Tensor,
     return comp.gather(-1, src)
 
 
+def kmer_index(base: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
+    """Base codes (L,) (A 0, C 1, G 2, T 3, anything else an N) -> (n,) int64 index in
+    [0, 4^k) of the k-mer starting every ``stride`` bases (n = (L - k) // stride + 1), -1
+    where the k-mer holds an N. Memory O(L) whatever k (k <= 31)."""
+    if not 1 <= k <= 31:
+        raise ValueError(f"k must be in 1..31, got {k}")
+    n = len(base) - k + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    is_n = (base < 0) | (base > 3)
+    code = np.where(is_n, 0, base).astype(np.int64)
+    index = np.zeros(n, dtype=np.int64)
+    for j in range(k):
+        index = index * 4 + code[j:j + n]
+    index[np.convolve(is_n, np.ones(k, dtype=np.int64), "valid") > 0] = -1
+    return index[::stride]
+
+
 class KmerTokenizer:
     """Overlapping or strided k-mers as tokens (for comparison with the character model,
     and as count features for the k-mer baseline).
@@ -230,15 +248,8 @@ class KmerTokenizer:
 
     def _kmer_index(self, seq: str, source: str | None = None) -> np.ndarray:
         """(n_kmers,) int64 index in [0, 4^k) of each k-mer start, or -1 for [NKMER]."""
-        base = self.chars.encode_numpy(seq, source).astype(np.int64) - 4    # A0 C1 G2 T3 N4
-        n = (len(base) - self.k) // self.stride + 1
-        if n <= 0:
-            return np.zeros(0, dtype=np.int64)
-        starts = np.arange(n) * self.stride
-        cols = base[starts[:, None] + np.arange(self.k)]                   # (n, k)
-        index = (cols.clip(max=3) * 4 ** np.arange(self.k - 1, -1, -1)).sum(-1)
-        index[(cols == 4).any(-1)] = -1
-        return index
+        return kmer_index(self.chars.encode_numpy(seq, source).astype(np.int64) - 4,
+                          self.k, self.stride)
 
     def encode(self, seq: str, source: str | None = None) -> torch.Tensor:
         """seq -> (n,) long k-mer token ids, n = (L - k) // stride + 1."""
