@@ -94,8 +94,9 @@ def time_baseline_step(checkout, kind, model, batch, tokens, repeats, warmup=1,
         RuntimeError: the child failed; the message holds its last lines.
     """
     root = Path(checkout)
-    if not (root / "core" / "__init__.py").is_file():
-        raise ValueError(f"--baseline {checkout}: not a mambaseq checkout (no core/__init__.py)")
+    if not (root / "mambaseq" / "__init__.py").is_file():
+        raise ValueError(f"--baseline {checkout}: not a mambaseq checkout "
+                         "(no mambaseq/__init__.py)")
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.pt"
         torch.save(model.state_dict(), weights)

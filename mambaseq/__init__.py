@@ -1,22 +1,38 @@
 """mambaseq: Mamba (selective state space) models for DNA and raw audio at a million steps.
 
 The repository keeps one folder per layer at its top (``core/``, ``kernels/``,
-``mamba_bio/``, ``mamba_audio/``, ``pipelines/``, ``bench/``); installed, they live under
-this one namespace (``pyproject.toml`` maps the folders), so nothing generic lands at the
-top of site-packages:
+``mamba_bio/``, ``mamba_audio/``, ``pipelines/``, ``bench/``). None of those folders has an
+``__init__.py``: each layer's package is the module ``mambaseq/<layer>.py``, which points its
+``__path__`` at the layer's folder. Run from the repository's root (``python -m pytest``,
+``python -m mambaseq.pipelines``, ``python -c ...`` put it first on ``sys.path``), a folder
+without ``__init__.py`` is at most a namespace portion, and Python takes a regular package
+or module of the same name from anywhere on ``sys.path`` before it: the checkout can never
+shadow an installed distribution called ``kernels``, ``core``, ``pipelines`` or ``bench``.
+Installed from a wheel, the layers' modules sit in ``mambaseq/<layer>/`` beside their
+``<layer>.py`` (``pyproject.toml`` maps the folders), so nothing generic lands at the top of
+site-packages:
 
 >>> from mambaseq import core, mamba_bio, mamba_audio
 >>> import mambaseq.kernels
+>>> core.__name__, core.Mamba.__module__
+('mambaseq.core', 'mambaseq.core.mamba')
 """
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-# In a source checkout (the layer folders beside this one) the layers are imported from
-# that checkout, so `PYTHONPATH=CHECKOUT` runs a second checkout's code beside an editable
-# install of the first. An installed copy has its layers inside this folder instead.
-_checkout = Path(__file__).resolve().parent.parent
-if (_checkout / "pyproject.toml").is_file() and (_checkout / "core" / "__init__.py").is_file():
-    __path__.append(str(_checkout))
+
+def _layer_folder(module_name):
+    """The folder holding the modules of layer ``module_name`` ("mambaseq.core", ...).
+
+    ``mambaseq/<layer>/`` in an installed wheel, else ``<checkout>/<layer>/`` of the source
+    tree this package was imported from (an editable install, or ``PYTHONPATH=CHECKOUT``,
+    which runs a second checkout's code beside an editable install of the first).
+    """
+    here = Path(__file__).resolve().parent
+    layer = module_name.rpartition(".")[2]
+    installed = here / layer
+    return str(installed if installed.is_dir() else here.parent / layer)
+
 
 try:
     __version__ = version("mambaseq")

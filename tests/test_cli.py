@@ -1,7 +1,5 @@
 """The command line: registry, lazy imports, --config with overrides, config.json, errors."""
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -142,10 +140,6 @@ def test_unwritable_out_dir(fake, capsys):
     assert "is not writable" in capsys.readouterr().err
 
 
-def test_python_dash_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "pipelines", "--help"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "pretrain-genome" in proc.stdout
 
 
 @pytest.mark.parametrize("argv, option", [

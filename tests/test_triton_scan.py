@@ -135,7 +135,7 @@ def test_fp64_is_refused():
 
 
 def test_cpu_tensors_without_interpreter_raise_a_clear_error():
-    code = ("import torch, kernels\n"
+    code = ("import torch\nfrom mambaseq import kernels\n"
             "u = torch.randn(1, 4, 8); B = torch.randn(1, 4, 8)\n"
             "kernels.selective_scan(u, u, -torch.rand(4, 4), B, B)\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -3,13 +3,20 @@ datasets with region-disjoint splits, an evolutionary simulator, metrics and bas
 
 Coordinates are 0-based and end-exclusive (BED style). Never imports ``mamba_audio``.
 """
-from .bed import read_bed
-from .datasets import (GenomeWindows, PooledSampler, SpeciesWindows, WindowSampler, fold_ranges,
-                       mlm_mask, split_regions)
-from .fasta import Genome, Records, Window, iter_windows, n_fraction, open_sequences
-from .metrics import (best_markov_perplexity, classification_report, kmer_baseline,
-                      kmer_features, lm_metrics, markov_nll, plot_confusion)
-from .tokenizers import CharTokenizer, KmerTokenizer, reverse_complement, reverse_complement_ids
+from mambaseq import _layer_folder
+
+__path__ = [_layer_folder(__spec__.name)]  # the layer's modules: see mambaseq/__init__.py
+
+from mambaseq.mamba_bio.bed import read_bed
+from mambaseq.mamba_bio.datasets import (GenomeWindows, PooledSampler, SpeciesWindows,
+                                         WindowSampler, fold_ranges, mlm_mask, split_regions)
+from mambaseq.mamba_bio.fasta import (Genome, Records, Window, iter_windows, n_fraction,
+                                      open_sequences)
+from mambaseq.mamba_bio.metrics import (best_markov_perplexity, classification_report,
+                                        kmer_baseline, kmer_features, lm_metrics, markov_nll,
+                                        plot_confusion)
+from mambaseq.mamba_bio.tokenizers import (CharTokenizer, KmerTokenizer, reverse_complement,
+                                           reverse_complement_ids)
 
 __all__ = [
     "CharTokenizer", "KmerTokenizer", "reverse_complement", "reverse_complement_ids",
