@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -55,33 +56,80 @@ def read_hub_folder(src):
     """``(config dict, state dict of CPU tensors)`` of a folder as downloaded from the hub.
 
     Raises:
-        ConversionError: no config.json, no weights file, or unreadable weights.
+        ConversionError: no config.json, a config.json that is not a JSON object, no
+            weights file, unreadable weights, or a shard index naming a file outside
+            ``src``; one line naming the file.
     """
     src = Path(src)
     config_path = src / "config.json"
     if not config_path.is_file():
         raise ConversionError(f"{src}: no config.json (pass the folder downloaded from the hub)")
-    config = json.loads(config_path.read_text())
+    config = _read_json(config_path)
+    if not isinstance(config, dict):
+        raise ConversionError(f"{config_path}: expected a JSON object, got "
+                              f"{type(config).__name__}")
     return config, _read_weights(src)
 
 
 def read_json_if_present(src, name):
-    """The parsed ``src/name`` JSON file, or None when there is none."""
+    """The parsed ``src/name`` JSON file, or None when there is none.
+
+    Raises:
+        ConversionError: the file is not valid JSON; names it.
+    """
     path = Path(src) / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_json(path) if path.is_file() else None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConversionError(f"{path}: not valid JSON ({err})") from None
+
+
+def _load_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such weights file")
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ConversionError(f"{path}: not a readable safetensors file (truncated or another "
+                              f"format: {err})") from None
+
+
+def _shards(index: Path, src: Path) -> list[Path]:
+    """The shard files a ``model.safetensors.index.json`` names, each inside ``src``: a name
+    that is absolute or climbs out with ``..`` is refused (the index must not steer reads
+    elsewhere); a shard that is itself a link (the hub cache's layout) is followed."""
+    weight_map = _read_json(index)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if (not isinstance(weight_map, dict) or not weight_map
+            or not all(isinstance(v, str) for v in weight_map.values())):
+        raise ConversionError(f"{index}: no \"weight_map\" object of tensor names -> shard "
+                              "file names")
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        relative = Path(name)
+        if not name or relative.is_absolute() or ".." in relative.parts:
+            raise ConversionError(f"{index}: shard {name!r} is not a file inside {src} "
+                                  "(absolute or with '..'); refused")
+        shards.append(src / relative)
+    return shards
 
 
 def _read_weights(src):
-    from safetensors.torch import load_file
-
     single, index, pickled = (src / "model.safetensors", src / "model.safetensors.index.json",
                               src / "pytorch_model.bin")
     if single.is_file():
-        return load_file(str(single))
+        return _load_safetensors(single)
     if index.is_file():
         state = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(str(src / shard)))
+        for shard in _shards(index, src):
+            state.update(_load_safetensors(shard))
         return state
     if pickled.is_file():
         try:
@@ -130,13 +178,48 @@ def check_untied(state, embedding_key, head_key, src):
                               "(our models tie them)")
 
 
-def load_converted(model, weights, src, dtype=torch.float32):
-    """Load ``weights`` into ``model`` exactly: every parameter given, nothing left over.
+def config_int(config, key, src, default=None):
+    """``config[key]`` (``default`` when absent and not None), which must be a positive
+    integer.
 
     Raises:
-        ConversionError: naming the first missing or unexpected tensor, or a shape mismatch.
+        ConversionError: naming ``src``/config.json and the key.
     """
-    expected = model.state_dict()
+    value = config.get(key, default)
+    if value is None:
+        raise ConversionError(f"{src}/config.json: no {key!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConversionError(f"{src}/config.json: {key} must be a positive integer, "
+                              f"got {value!r}")
+    return value
+
+
+def check_layer_count(state, prefix, n_layer, key, src):
+    """Refuse, before anything is built, a config whose layer count ``key`` differs from the
+    layers ``prefix{i}.*`` the weights hold."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    if found != set(range(n_layer)):
+        raise ConversionError(f"{src}/config.json: {key} is {n_layer}, but the weights hold "
+                              f"{len(found)} layers ({prefix}*)")
+
+
+def build_converted(cls, options, weights, src, dtype=torch.float32):
+    """``cls(**options)`` with ``weights`` loaded exactly: every parameter given, nothing left
+    over, every shape the one the options imply. The names and shapes are checked on a model
+    without memory (the meta device) before the real one is built, so a config.json that
+    disagrees with its weights (a width of 8000 beside a small file) allocates nothing.
+
+    Raises:
+        ConversionError: options the class refuses, or naming the first missing or
+            unexpected tensor, or a shape mismatch.
+    """
+    try:
+        expected = cls(**options, device="meta").state_dict()
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConversionError(f"{src}/config.json: does not build a {cls.__name__}: "
+                              f"{first}") from None
     missing = [k for k in expected if k not in weights]
     extra = [k for k in weights if k not in expected]
     if missing:
@@ -149,6 +232,7 @@ def load_converted(model, weights, src, dtype=torch.float32):
         if tuple(t.shape) != tuple(expected[k].shape):
             raise ConversionError(f"{src}: {k} has shape {tuple(t.shape)}, the config implies "
                                   f"{tuple(expected[k].shape)}")
+    model = cls(**options)
     model.load_state_dict({k: t.to(dtype) for k, t in weights.items()}, strict=True)
     return model.to(dtype).eval()
 
@@ -167,8 +251,10 @@ def _layer_keys(n_layer, prefix):
             for i in range(n_layer)]
 
 
-def _lm_weights(state, embedding_key, n_layer, src):
-    """Our MambaLM's state dict from a published one whose backbone prefix is "backbone"."""
+def _lm_weights(state, embedding_key, n_layer, src, layer_key):
+    """Our MambaLM's state dict from a published one whose backbone prefix is "backbone"
+    (``layer_key``: the config.json key that gave ``n_layer``)."""
+    check_layer_count(state, "backbone.layers.", n_layer, layer_key, src)
     pairs = {embedding_key: "embedding.weight", "backbone.norm_f.weight": "backbone.norm_f.weight"}
     weights = {}
     for src_mixer, dst_mixer, src_norm, dst_norm in _layer_keys(n_layer, "backbone"):
@@ -201,9 +287,10 @@ def mamba_lm_from_hf(config, state, src="SRC", dtype=torch.float32):
         raise ConversionError(f"{src}: hidden_act {config['hidden_act']!r} (our block uses silu)")
     if config.get("tie_word_embeddings", True) is False:
         raise ConversionError(f"{src}: tie_word_embeddings is false (our models tie them)")
-    d_model, d_inner = config["hidden_size"], config.get("intermediate_size")
-    expand = config.get("expand", 2)
-    if d_inner is not None and d_inner != expand * d_model:
+    d_model = config_int(config, "hidden_size", src)
+    expand = config_int(config, "expand", src, default=2)
+    d_inner = config_int(config, "intermediate_size", src, default=expand * d_model)
+    if d_inner != expand * d_model:
         if d_inner % d_model:
             raise ConversionError(f"{src}: intermediate_size {d_inner} is not a multiple of "
                                   f"hidden_size {d_model}")
@@ -211,15 +298,16 @@ def mamba_lm_from_hf(config, state, src="SRC", dtype=torch.float32):
     dt_rank = config.get("time_step_rank", "auto")
     if dt_rank == "auto":
         dt_rank = math.ceil(d_model / 16)
-    n_layer = config["num_hidden_layers"]
+    n_layer = config_int(config, "num_hidden_layers", src)
     _require(state, "backbone.embeddings.weight", src)
-    lm = MambaLM(vocab_size=state["backbone.embeddings.weight"].shape[0], d_model=d_model,
-                 n_layer=n_layer, d_state=config.get("state_size", 16),
-                 d_conv=config.get("conv_kernel", 4), expand=expand,
-                 norm_eps=config.get("layer_norm_epsilon", 1e-5), dt_rank=dt_rank,
-                 conv_bias=config.get("use_conv_bias", True), bias=config.get("use_bias", False))
-    return load_converted(lm, _lm_weights(state, "backbone.embeddings.weight", n_layer, src),
-                          src, dtype)
+    options = dict(vocab_size=state["backbone.embeddings.weight"].shape[0], d_model=d_model,
+                   n_layer=n_layer, d_state=config_int(config, "state_size", src, default=16),
+                   d_conv=config_int(config, "conv_kernel", src, default=4), expand=expand,
+                   norm_eps=config.get("layer_norm_epsilon", 1e-5), dt_rank=dt_rank,
+                   conv_bias=config.get("use_conv_bias", True),
+                   bias=config.get("use_bias", False))
+    weights = _lm_weights(state, "backbone.embeddings.weight", n_layer, src, "num_hidden_layers")
+    return build_converted(MambaLM, options, weights, src, dtype)
 
 
 # -- mamba_ssm MambaLMHeadModel -------------------------------------------------------------
@@ -257,12 +345,14 @@ def mamba_lm_from_mamba_ssm(config, state, src="SRC", dtype=torch.float32):
     if config.get("tie_embeddings", True) is False:
         raise ConversionError(f"{src}: tie_embeddings is false (our models tie them)")
     options = ssm_options(config.get("ssm_cfg"), src)
-    vocab = padded_vocab_size(config["vocab_size"], config.get("pad_vocab_size_multiple", 1))
+    vocab = padded_vocab_size(config_int(config, "vocab_size", src),
+                              config_int(config, "pad_vocab_size_multiple", src, default=1))
+    n_layer = config_int(config, "n_layer", src)
     _require(state, "backbone.embedding.weight", src)
-    lm = MambaLM(vocab_size=vocab, d_model=config["d_model"], n_layer=config["n_layer"],
-                 norm_eps=config.get("norm_epsilon", 1e-5), **options)
-    return load_converted(lm, _lm_weights(state, "backbone.embedding.weight", config["n_layer"],
-                                          src), src, dtype)
+    weights = _lm_weights(state, "backbone.embedding.weight", n_layer, src, "n_layer")
+    options = dict(vocab_size=vocab, d_model=config_int(config, "d_model", src),
+                   n_layer=n_layer, norm_eps=config.get("norm_epsilon", 1e-5), **options)
+    return build_converted(MambaLM, options, weights, src, dtype)
 
 
 # -- writing a transformers folder ----------------------------------------------------------

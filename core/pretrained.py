@@ -16,6 +16,7 @@ by default, ``pipelines.checkpoint.MODEL_CLASSES`` for every model of the toolki
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -113,16 +114,23 @@ def read_config(directory):
     return payload
 
 
-def _build(cls, payload: dict, path: Path) -> torch.nn.Module:
-    """``cls`` built from the config of ``path`` (config.json); every field is checked."""
+def _build(cls, payload: dict, path: Path, device=None) -> torch.nn.Module:
+    """``cls`` built from the config of ``path`` (config.json); every field is checked.
+
+    ``device="meta"`` builds the architecture without memory (its tensors have shapes and no
+    data), passed to a class whose constructor takes ``device``; a class without one (e.g.
+    ``mamba_audio.WordClassifier``, small by design) is built on the CPU.
+    """
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     given = set(payload["config"])
     if given - fields:
         raise ValueError(f"{path}: unknown config fields {sorted(given - fields)} for "
                          f"{cls.__name__}")
+    factory = ({"device": device} if device is not None
+               and "device" in inspect.signature(cls).parameters else {})
     try:
         config = cls.config_class(**payload["config"])
-        model = cls(**dataclasses.asdict(config))
+        model = cls(**dataclasses.asdict(config), **factory)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{path}: the config does not build a {cls.__name__}: {first}") from None
@@ -130,6 +138,57 @@ def _build(cls, payload: dict, path: Path) -> torch.nn.Module:
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"{path}: unknown dtype {payload.get('dtype')!r}")
     return model.to(dtype=dtype)
+
+
+def safetensors_shapes(weights: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a safetensors file, from its header alone (no tensor
+    is read).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable safetensors file (truncated, another format); names it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: weights missing")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as err:
+        raise ValueError(f"{weights}: not a readable safetensors file (truncated or another "
+                         f"format: {err})") from None
+
+
+def check_weight_shapes(model: torch.nn.Module, weights: str | Path, config: str | Path) -> None:
+    """Refuse a weights file whose tensor names or shapes are not those of ``model`` (built
+    from ``config``, on the meta device or not), reading only the file's header.
+
+    Tensors shared inside the model (tied or shared projections) are stored once, under
+    any one of their names (as ``safetensors.torch.save_model`` writes them).
+
+    Raises:
+        FileNotFoundError: no such weights file.
+        ValueError: one line naming both files and the first missing, unexpected or
+            mis-shaped tensor.
+    """
+    stored = safetensors_shapes(weights)
+    tensors = model.state_dict(keep_vars=True)          # the tensors themselves: shared ones
+    shared: dict[int, list[str]] = {}                    # are one object, with several names
+    for name, t in tensors.items():
+        shared.setdefault(id(t), []).append(name)
+    expected = {name: tuple(t.shape) for name, t in tensors.items()}
+    what = f"{weights}: the weights do not fit the {type(model).__name__} of {config}"
+    unexpected = [k for k in stored if k not in expected]
+    if unexpected:
+        raise ValueError(f"{what}: unexpected tensor {unexpected[0]} ({len(unexpected)} in all)")
+    missing = [names[0] for names in shared.values() if not any(n in stored for n in names)]
+    if missing:
+        raise ValueError(f"{what}: tensor {missing[0]} missing ({len(missing)} in all)")
+    for k, shape in expected.items():
+        if k in stored and stored[k] != shape:
+            raise ValueError(f"{what}: {k} has shape {stored[k]}, the config implies {shape}")
 
 
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
@@ -171,7 +230,14 @@ def load_pretrained(directory, device="cpu", classes: dict[str, type] | None = N
             path in the file.
 
     The config must have exactly the class's fields; the weights are read with safetensors
-    (no pickle) and must match the architecture exactly.
+    (no pickle) and must match the architecture exactly. Their names and shapes are checked
+    against the config (the file's header against a model on the meta device) before the
+    model is built, so a config that disagrees with its weights allocates nothing.
+
+    Raises:
+        FileNotFoundError: no directory, config.json or model.safetensors.
+        ValueError: a config, weights file or mismatch between them, in one line naming
+            the file (and the first tensor that differs).
 
     >>> model = core.load_pretrained("runs/lm")
     """
@@ -184,6 +250,12 @@ def load_pretrained(directory, device="cpu", classes: dict[str, type] | None = N
             raise TypeError(f"{directory}: holds a {name}, not a {next(iter(classes))}")
         raise ValueError(f"{path}: unknown model class {name!r} "
                          f"(known: {', '.join(sorted(classes))})")
-    model = _build(classes[name], payload, path)
-    load_weights(model, Path(directory) / WEIGHTS_NAME)
+    weights = Path(directory) / WEIGHTS_NAME
+    # Shapes first, from the safetensors header and a model without memory: a config.json
+    # that disagrees with its weights (d_model 8000 beside a small file) allocates nothing.
+    model = _build(classes[name], payload, path, device="meta")
+    check_weight_shapes(model, weights, path)
+    if any(t.is_meta for t in model.state_dict().values()):
+        model = _build(classes[name], payload, path)
+    load_weights(model, weights)
     return model.to(device).eval()

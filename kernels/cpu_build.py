@@ -7,6 +7,15 @@ source, the compiler flags, the torch and Python versions, the compiler, and the
 instruction on another CPU type). Two checkouts or environments with the same key share
 one build; different keys never load or overwrite each other's.
 
+A built module is loaded and run, so a cache that someone else can write to would let
+them run code as you: the cache folder, every folder above it, the build's folder and its
+``.so`` must belong to you (or root) and must not be writable by other users (a folder
+above may be, when it has the sticky bit, as ``/tmp`` has); anything else is refused in
+one line that names the folder and the fix. When the cache folder cannot be created or
+written (a read-only home), the build goes to a private temporary folder for this process
+only, removed at exit, and a line says so and names ``MAMBASEQ_CACHE_DIR``. A missing
+compiler or ``ninja`` is reported in one line before anything is compiled.
+
 A build runs in a child process in its own process group, in a temporary folder that is
 renamed into place when the module is complete. The child dies with its parent and takes
 the compiler with it, so a killed run leaves neither a compiler running nor a half build,
@@ -16,16 +25,21 @@ CPU-only machine).
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
+import grp
 import hashlib
 import importlib.machinery
 import importlib.util
 import logging
 import os
 import platform
+import pwd
 import re
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -47,6 +61,123 @@ def cache_root() -> Path:
     if root:
         return Path(root)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mambaseq"
+
+
+_private_cache: Path | None = None  # this process's fallback cache, made on first need
+
+
+def writable_cache(root: Path) -> Path:
+    """``root``, created (missing folders 0o755) when it does not exist; when it cannot be
+    created or written, a private temporary folder for this process (0o700, removed at
+    exit), announced in one line that names ``root`` and ``MAMBASEQ_CACHE_DIR``."""
+    global _private_cache
+    try:
+        for folder in [*reversed(root.parents), root]:
+            if not folder.is_dir():
+                folder.mkdir(mode=0o755, exist_ok=True)
+        if os.access(root, os.W_OK | os.X_OK):
+            return root
+        reason = "not writable"
+    except FileExistsError as err:
+        reason = f"{err.filename} is not a folder"
+    except OSError as err:
+        reason = f"{err.filename}: {err.strerror}" if err.filename else str(err)
+    if _private_cache is None:
+        _private_cache = Path(tempfile.mkdtemp(prefix="mambaseq-kernels-"))
+        atexit.register(shutil.rmtree, _private_cache, ignore_errors=True)
+    _announce(f"mambaseq: cannot write the kernel cache {root} ({reason}); building in "
+              f"{_private_cache} for this run only (set MAMBASEQ_CACHE_DIR to a writable "
+              "folder of your own to keep the build)")
+    return _private_cache
+
+
+def _group_is_yours(gid: int) -> bool:
+    """Whether group ``gid`` has no member but you (a user-private group, as a umask of
+    002 makes group-writable folders in)."""
+    try:
+        me = pwd.getpwuid(os.getuid()).pw_name
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return False
+    members |= {user.pw_name for user in pwd.getpwall() if user.pw_gid == gid}
+    return members <= {me}
+
+
+def check_not_writable_by_others(path: Path, fix: str) -> None:
+    """Refuse ``path`` when another user could change it: it must belong to you or root,
+    and must not be writable by another user (world-writable, or group-writable by a group
+    that has other members), unless it is a folder with the sticky bit (others may add
+    names to it, never rename or replace yours).
+
+    Raises:
+        RuntimeError: naming ``path``, who can write it, and ``fix``.
+    """
+    info = path.stat()
+    owner_ok = info.st_uid in (os.getuid(), 0)
+    group_writes = info.st_mode & stat.S_IWGRP and not _group_is_yours(info.st_gid)
+    others_write = (info.st_mode & stat.S_IWOTH or group_writes) and not (
+        stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX)
+    if owner_ok and not others_write:
+        return
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {info.st_uid}"
+    who = (f"belongs to {owner}, not to you" if not owner_ok
+           else f"can be written by other users (mode {stat.filemode(info.st_mode)})")
+    raise RuntimeError(f"the kernel cache is unsafe: {path} {who}, and the kernels built "
+                       f"there are loaded and run as you; {fix}")
+
+
+def check_cache_folder(root: Path) -> None:
+    """Refuse a cache folder that another user could put a module into: ``root`` (when it
+    exists) and every folder above it, by ``check_not_writable_by_others``.
+
+    Raises:
+        RuntimeError: naming the folder and the fix (make it private, or set
+            ``MAMBASEQ_CACHE_DIR`` to a folder of your own).
+    """
+    fix = ("make it yours and private (chown, chmod go-w) or set MAMBASEQ_CACHE_DIR to a "
+           "folder of your own")
+    path = Path(os.path.abspath(root))
+    for folder in dict.fromkeys([*path.parents, *path.resolve().parents, path.resolve()]):
+        if folder.exists():
+            check_not_writable_by_others(folder, fix)
+
+
+def _announce(line: str) -> None:
+    """One line on stderr that leaves any progress bar intact (tqdm moves it below)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _ninja_dir() -> str | None:
+    """The folder of ``ninja`` when it must be added to the build's PATH ('' when it is on
+    the PATH already): the ``ninja`` package installs it beside this Python, which is not
+    on the PATH of a virtual environment that was not activated. None when there is none."""
+    if shutil.which("ninja"):
+        return ""
+    beside = Path(sys.executable).parent
+    return str(beside) if shutil.which("ninja", path=str(beside)) else None
+
+
+def check_build_tools(cxx: str) -> None:
+    """Refuse in one line a build that cannot start: no C++ compiler, or no ``ninja``.
+
+    Raises:
+        RuntimeError: naming what is missing and how to get it.
+    """
+    program = (shlex.split(cxx) or [""])[0]
+    if not shutil.which(program):
+        where = "$CXX" if "CXX" in os.environ else "the PATH"
+        raise RuntimeError(f"no C++ compiler: {program!r} ({where}) was not found; install "
+                           "g++ or clang++ (C++17), or set CXX to one")
+    if _ninja_dir() is None:
+        raise RuntimeError("the 'ninja' build tool was not found on the PATH nor beside "
+                           f"{sys.executable}; install it with: {sys.executable} -m pip "
+                           "install ninja")
 
 
 def compiler() -> str:
@@ -119,17 +250,17 @@ def load_kernel(filename: str, module_name: str, what: str, user: str):
         filename: the C++ file in kernels/csrc.  module_name: prefix of the built module.
         what: the kernel in words ("C++ CPU scan kernel").  user: who needs it, for messages.
     Raises:
-        RuntimeError: the build failed; says what it needs and the compiler's last lines.
+        RuntimeError: the kernel cannot be built or loaded; says why: a missing tool, an
+            unsafe cache folder, or the compiler's last lines.
     """
     source = Path(__file__).with_name("csrc") / filename
     try:
         module = load_extension(
             module_name, source,
             announce=f"mambaseq: compiling the {what} (once for this source, torch and CPU; "
-                     f"about a minute) into {cache_root()}")
+                     "about a minute)")
     except (RuntimeError, OSError) as err:
-        raise RuntimeError(f"{user}: could not build the {what} (needs a C++17 compiler such "
-                           f"as g++ and the 'ninja' package): {err}") from err
+        raise RuntimeError(f"{user}: cannot use the {what}: {err}") from err
     log.info("%s: using the %s", user, what)
     return module
 
@@ -156,41 +287,59 @@ def load_extension(name: str, source_path: Path, announce: str):
     Args:
         name: module name prefix; the built module is ``{name}_{key}``.
         source_path: the C++ file.
-        announce: one line printed to stderr before a (slow) first build.
+        announce: one line printed to stderr before a (slow) first build; the cache folder
+            is appended.
     Raises:
-        RuntimeError: the build failed; the message holds the compiler's last lines.
+        RuntimeError: a cache folder others can write to (``check_cache_folder``), no
+            compiler or ninja (``check_build_tools``), or the build failed (the compiler's
+            last lines).
     """
     cxx = compiler()
     source = source_with_headers(source_path)
     cpu, version = cpu_signature(), compiler_version(cxx)
+    root = cache_root()
+    check_cache_folder(root)
 
     def cached(flags):
         module_name = f"{name}_{build_key(source, flags, version, cpu)}"
-        target = cache_root() / module_name
-        return module_name, target, target / f"{module_name}.so"
+        return module_name, root / module_name / f"{module_name}.so"
 
-    module_name, target, so_path = cached(list(PREFERRED_FLAGS))
+    module_name, so_path = cached(list(PREFERRED_FLAGS))
     if not so_path.exists():  # probe the compiler only when the usual build is missing
+        check_build_tools(cxx)
         flags = supported_flags(cxx)
-        module_name, target, so_path = cached(flags)
+        module_name, so_path = cached(flags)
         if not so_path.exists():
-            print(announce, file=sys.stderr, flush=True)
-            _build(module_name, source_path, flags, target)
+            root = writable_cache(root)
+            check_cache_folder(root)  # as created: nobody else made it first
+            so_path = root / module_name / so_path.name
+            if not so_path.exists():
+                _announce(f"{announce} into {root}")
+                _build(module_name, source_path, flags, so_path.parent)
+    fix = f"delete {so_path.parent} (it is rebuilt on next use) if you did not put it there"
+    check_not_writable_by_others(so_path.parent, fix)
+    check_not_writable_by_others(so_path, fix)
     return _import_built(module_name, so_path)
 
 
 def _build(module_name: str, source_path: Path, flags, target: Path):
-    """Compile into a temporary sibling of ``target`` in a child process, then rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Compile into a temporary sibling of ``target`` (whose parent exists) in a child
+    process, then rename."""
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{module_name}-", dir=target.parent))
     cmd = [sys.executable, "-m", "mambaseq.kernels.cpu_build", module_name, str(source_path),
            str(staging), *flags]
+    env = dict(os.environ)
+    if _ninja_dir():
+        env["PATH"] = os.pathsep.join(filter(None, [_ninja_dir(), env.get("PATH")]))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                              preexec_fn=_die_with_parent)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise RuntimeError(f"compiling {source_path} with {compiler()} failed:\n{tail}")
         staging.chmod(0o755)  # mkdtemp made it private; a shared cache is read by others
+        so = staging / f"{module_name}.so"
+        so.chmod(so.stat().st_mode & ~0o022)  # whatever the umask: nobody else writes it
         try:
             staging.rename(target)
         except OSError:

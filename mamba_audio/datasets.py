@@ -11,9 +11,12 @@ Dimension names: B batch, L length (samples). Tokens are quantiser classes (int6
 from __future__ import annotations
 
 import csv
+import logging
+import mimetypes
 import random
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,24 +28,67 @@ from .quantize import Quantizer
 # FSDD's names, {digit}_{speaker}_{take}.wav; the demo generator writes the same shape.
 FSDD_SPEAKER_REGEX = r"(?:^|/)\d+_(?P<speaker>[^_/]+)_\d+\.\w+$"
 SPLIT_BY = ("file", "speaker")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioFolder:
+    """What a folder holds: the audio files read (``AUDIO_EXTENSIONS``), sorted, and the
+    audio files left out because their format is not read (.mp3, .m4a, ...: audio by their
+    MIME type), sorted."""
+    root: Path
+    files: list[Path]
+    skipped: list[Path] = field(default_factory=list)
+
+    def skipped_note(self) -> str:
+        """One line saying how many files were skipped and why ("" when none were)."""
+        if not self.skipped:
+            return ""
+        kinds = Counter(p.suffix.lower() for p in self.skipped)
+        return (f"{self.root}: skipped {len(self.skipped)} audio file(s) in formats not read "
+                f"({', '.join(f'{n} {ext}' for ext, n in sorted(kinds.items()))}; only "
+                f"{', '.join(AUDIO_EXTENSIONS)} are); convert them to .wav or .flac "
+                "(e.g. ffmpeg -i in.mp3 out.wav) to use them")
+
+
+def scan_audio_folder(root) -> AudioFolder:
+    """The audio files under ``root`` (recursive), and those skipped (see ``AudioFolder``);
+    a file is accepted too, as the folder's one file.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or holds no audio file it can read.
+    """
+    root = Path(root)
+    if root.is_file():
+        return AudioFolder(root, [root])
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    files, skipped = [], []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in AUDIO_EXTENSIONS:
+            if p.is_file():
+                files.append(p)
+        elif (mimetypes.guess_type(p.name)[0] or "").startswith("audio/") and p.is_file():
+            skipped.append(p)
+    folder = AudioFolder(root, files, skipped)
+    if not files:
+        raise FileNotFoundError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found"
+                                + (f"; {folder.skipped_note()}" if skipped else ""))
+    return folder
 
 
 def find_audio_files(root) -> list[Path]:
     """All .wav/.flac/.ogg files under ``root`` (recursive), sorted; a file is accepted too.
+    Audio files in other formats (.mp3, ...) are left out with one warning line saying how
+    many and why (``scan_audio_folder`` returns them).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no audio file.
     """
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder")
-    files = sorted(p for p in root.rglob("*")
-                   if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
-    return files
+    folder = scan_audio_folder(root)
+    if folder.skipped:
+        log.warning(folder.skipped_note())
+    return folder.files
 
 
 def speakers_from_regex(files, pattern: str = FSDD_SPEAKER_REGEX, root=None

@@ -1,8 +1,9 @@
 """Reading and writing audio files: soundfile for the formats, torchaudio for resampling.
 
 Every file comes back as a mono float32 waveform (L,) at the asked rate. What cannot be
-read (an unsupported extension, a corrupt or empty file, a NaN or infinite sample) raises
-``AudioFileError`` naming the file, never a silent wrong answer.
+read (an unsupported extension, a corrupt or empty file, a NaN or infinite sample, a rate
+outside ``MIN_SAMPLE_RATE``..``MAX_SAMPLE_RATE``) raises ``AudioFileError`` naming the file,
+never a silent wrong answer.
 """
 from __future__ import annotations
 
@@ -17,10 +18,66 @@ from mambaseq.core.atomic import atomic_file
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 NORMALIZE = ("peak", "none")
+# Rates accepted from a file's header or an option, in Hz: 1 kHz (below any speech use) to
+# 384 kHz (the highest rate of audio interfaces). A header outside them is a corrupt file.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
 
 
 class AudioFileError(ValueError):
     """An audio file that cannot be used; the message names the file and the reason."""
+
+
+def check_sample_rate(rate, where: str) -> int:
+    """``rate`` (Hz) as an int, or a ValueError naming ``where`` (a file or an option) when it
+    is not a whole number from ``MIN_SAMPLE_RATE`` to ``MAX_SAMPLE_RATE``."""
+    if (isinstance(rate, bool) or not isinstance(rate, (int, np.integer))
+            or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
+        raise ValueError(f"{where}: sample rate {rate!r} Hz is outside {MIN_SAMPLE_RATE} to "
+                         f"{MAX_SAMPLE_RATE} Hz")
+    return int(rate)
+
+
+def file_sample_rate(path) -> int:
+    """The sample rate (Hz) in an audio file's header, read without its samples.
+
+    Raises:
+        AudioFileError: unsupported, missing, empty or undecodable file, or a rate outside
+            ``MIN_SAMPLE_RATE``..``MAX_SAMPLE_RATE`` (a corrupt header); names the file.
+    """
+    path = _check_path(path)
+    try:
+        rate = sf.info(str(path)).samplerate
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioFileError(f"{path}: cannot decode audio ({err})") from err
+    return _file_rate(path, rate)
+
+
+def common_sample_rate(files) -> int:
+    """The one sample rate (Hz) of ``files``, read from their headers (no samples are read).
+
+    Raises:
+        AudioFileError: a file whose header rate is not a plausible rate (see
+            ``check_sample_rate``), naming it.
+        ValueError: files of different rates, naming one of each: give the rate to
+            resample them all to instead.
+    """
+    files = list(files)
+    if not files:
+        raise ValueError("no audio files to read a sample rate from")
+    first = file_sample_rate(files[0])
+    for f in files[1:]:
+        rate = file_sample_rate(f)
+        if rate != first:
+            raise ValueError(f"{f}: {rate} Hz, but {files[0]} is {first} Hz; give the sample "
+                             "rate to resample all files to (--sample-rate)")
+    return first
+
+
+def _file_rate(path: Path, rate) -> int:
+    try:
+        return check_sample_rate(rate, str(path))
+    except ValueError as err:
+        raise AudioFileError(f"{err} (a corrupt header?)") from None
 
 
 def load_audio(path, sample_rate: int | None = None, normalize: str = "none"
@@ -31,7 +88,8 @@ def load_audio(path, sample_rate: int | None = None, normalize: str = "none"
         path (str or Path): a .wav, .flac or .ogg file, any rate, any channel count,
             integer (16/24/32-bit) or float samples.
         sample_rate (int or None, None): resample to this rate (torchaudio's windowed-sinc
-            resampler); None keeps the file's rate.
+            resampler), from ``MIN_SAMPLE_RATE`` to ``MAX_SAMPLE_RATE``; None keeps the
+            file's rate.
         normalize (str, "none"): "peak" scales the clip so that max |x| = 1 (a silent clip
             is left as it is); "none" keeps the file's amplitudes.
 
@@ -40,18 +98,22 @@ def load_audio(path, sample_rate: int | None = None, normalize: str = "none"
 
     Raises:
         AudioFileError: unsupported extension, unreadable/corrupt/empty/truncated file, NaN
-            or inf.
+            or inf, a rate outside ``MIN_SAMPLE_RATE``..``MAX_SAMPLE_RATE`` in its header.
+        ValueError: ``sample_rate`` outside those bounds.
 
     >>> wav, sr = load_audio("0_jackson_0.wav", sample_rate=16000)    # doctest: +SKIP
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    if sample_rate is not None:
+        check_sample_rate(sample_rate, "load_audio(sample_rate=)")
     path = _check_path(path)
     _check_wav_data_size(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)   # (L, channels)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioFileError(f"{path}: cannot decode audio ({err})") from err
+    rate = _file_rate(path, rate)
     if data.shape[0] == 0:
         raise AudioFileError(f"{path}: the file holds no samples")
     bad = ~np.isfinite(data)

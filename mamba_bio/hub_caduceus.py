@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from mambaseq.core.hub import (MIXER_TENSORS, ConversionError, check_untied, leftover,
-                               load_converted, mixer_weights, ssm_options)
+from mambaseq.core.hub import (MIXER_TENSORS, ConversionError, build_converted,
+                               check_layer_count, check_untied, config_int, leftover,
+                               mixer_weights, ssm_options)
 from .heads import MaskedLM
 from .tokenizers import CharTokenizer
 
@@ -62,7 +63,7 @@ def _check_config(config, src):
         if not ok:
             raise ConversionError(f"{src}: {why}")
     options = ssm_options(config.get("ssm_cfg"), src)
-    width = config["d_model"]
+    width = config_int(config, "d_model", src)
     auto_rank = -(-width // 16)
     if options.pop("dt_rank", "auto") not in ("auto", auto_rank):
         raise ConversionError(f"{src}: ssm_cfg dt_rank is not auto ({auto_rank}), which our "
@@ -114,7 +115,8 @@ def masked_lm_from_caduceus(config, state, tokenizer_config=None, src="SRC",
         src (str): named in errors.  dtype (torch.dtype, fp32): of the result.
     """
     options = _check_config(config, src)
-    rcps, n_layer, width = bool(config.get("rcps", False)), config["n_layer"], config["d_model"]
+    rcps, n_layer = bool(config.get("rcps", False)), config_int(config, "n_layer", src)
+    width = config_int(config, "d_model", src)
     fused_swap = rcps and config.get("fused_add_norm", True)
     if fused_swap and n_layer % 2:
         raise ConversionError(f"{src}: Caduceus-PS with fused_add_norm and an odd n_layer "
@@ -129,6 +131,7 @@ def masked_lm_from_caduceus(config, state, tokenizer_config=None, src="SRC",
             raise ConversionError(f"{src}: complement_map does not pair the bases as A-T, C-G")
 
     p = _prefix(state, src)
+    check_layer_count(state, p + "layers.", n_layer, "n_layer", src)
     emb_key = _first_present(state, [p + "embeddings.word_embeddings.embedding.weight",
                                      p + "embeddings.word_embeddings.weight"], src)
     if int(ids.max()) >= state[emb_key].shape[0]:
@@ -164,8 +167,8 @@ def masked_lm_from_caduceus(config, state, tokenizer_config=None, src="SRC",
     leftover(state, used, src)
     for head in ("lm_head.weight", "lm_head.lm_head.weight"):
         check_untied(state, emb_key, head, src)
-    model = MaskedLM(vocab_size=len(ours.vocab), d_model=width * (2 if rcps else 1),
-                     n_layer=n_layer, norm_eps=config.get("norm_epsilon", 1e-5),
-                     rc_equivariant=rcps, complement=complement.tolist() if rcps else None,
-                     **options)
-    return load_converted(model, weights, src, dtype)
+    options = dict(vocab_size=len(ours.vocab), d_model=width * (2 if rcps else 1),
+                   n_layer=n_layer, norm_eps=config.get("norm_epsilon", 1e-5),
+                   rc_equivariant=rcps, complement=complement.tolist() if rcps else None,
+                   **options)
+    return build_converted(MaskedLM, options, weights, src, dtype)

@@ -50,7 +50,8 @@ def load_classifier(directory, device: str = "cpu"
     Raises:
         FileNotFoundError: the folder, or one of its four files, is missing.
         ValueError: the folder holds another model (e.g. pretrain-genome's language model),
-            or its class names do not match the model's outputs.
+            its class names do not match the model's outputs (count, distinct strings), or
+            its tokenizer.json is not valid or makes ids the model cannot read; names the file.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -66,12 +67,28 @@ def load_classifier(directory, device: str = "cpu"
             raise FileNotFoundError(f"{directory}: no {name} in this classifier folder (a "
                                     "classify-species folder carries its tokenizer and class "
                                     "names; try the run's model/ folder)")
-    classes = json.loads((directory / CLASSES_FILE).read_text())
+    classes = _read_json(directory / CLASSES_FILE)
     if (not isinstance(classes, list) or len(classes) != model.config.num_classes
-            or not all(isinstance(c, str) for c in classes)):
+            or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes)):
         raise ValueError(f"{directory / CLASSES_FILE}: expected a list of "
-                         f"{model.config.num_classes} class names, got {classes!r}")
-    return model, CharTokenizer.load(directory), classes
+                         f"{model.config.num_classes} distinct class names (the model's "
+                         f"outputs), got {classes!r}")
+    try:
+        tokenizer = CharTokenizer.from_config(_read_json(directory / TOKENIZER_FILE))
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{directory / TOKENIZER_FILE}: not a character tokenizer "
+                         f"({err})") from None
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{directory / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens, more "
+                         f"than the {model.config.vocab_size} the model reads")
+    return model, tokenizer, classes
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
 class ClassifierEnsemble(torch.nn.Module):

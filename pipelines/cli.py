@@ -14,7 +14,11 @@ from the source), so a missing or broken module breaks its own subcommand and no
 ``--config FILE`` (YAML or JSON mapping of option dest names, ``batch_size`` or
 ``batch-size``) supplies any option; the command line overrides it. The resolved options
 are written to ``<--out>/config.json``, which can be given back as ``--config``.
-Errors are one line on stderr and a non-zero exit code; ``--debug`` shows the traceback.
+Errors are one line on stderr (after any progress bar, on a line of its own) and a
+non-zero exit code; ``--debug`` shows the traceback. Ctrl-C (exit code 130) and SIGTERM
+(143) stop a command where it is, as one another, and say how to continue a training run.
+A reader of stdout or stderr that goes away (``mambaseq ... | head -1``) loses the rest of
+the text, never the command's files.
 """
 from __future__ import annotations
 
@@ -23,8 +27,11 @@ import ast
 import importlib
 import importlib.util
 import json
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -254,15 +261,22 @@ def prepare_out_dir(out, config: dict) -> None:
 
 
 def _run_in_out_dir(module, args, config: dict):
-    """``module.run(args)`` with ``--out`` checked, locked (training) and its config.json
-    written first; only the main process (torchrun rank 0) checks, locks and writes."""
+    """``module.run(args)`` with ``--out`` checked (``out_folder``: new, empty or this
+    command's own folder, holding no input; its marker written first), locked (training)
+    and its config.json written; only the main process (torchrun rank 0) checks, locks and
+    writes."""
+    from . import out_folder
     from .distributed import is_main_process
     from .run_lock import lock_run_dir
 
     out = getattr(args, "out", None)
     if not out or not is_main_process():
         return module.run(args)
-    if not hasattr(args, "resume"):            # not a training command: no run to protect
+    training = hasattr(args, "resume")
+    out_folder.claim_folder(out, config["command"],
+                            out_folder.folder_kind(config["command"], training),
+                            out_folder.input_paths(config))
+    if not training:                           # not a training command: no run to protect
         prepare_out_dir(out, config)
         return module.run(args)
     with lock_run_dir(out):
@@ -291,17 +305,110 @@ def _top_help() -> str:
              f"'{PROG} SUBCOMMAND --help' explains a subcommand's options.",
              "",
              "subcommands:"]
-    lines += [f"  {name:<18}{_summary(name)}" for name in COMMANDS]
+    width = max(map(len, COMMANDS)) + 2           # the longest name, then two spaces
+    lines += [f"  {name:<{width}}{_summary(name)}" for name in COMMANDS]
     return "\n".join(lines)
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars a failed command left open, so that what is printed next
+    starts on a line of its own and no bar is drawn after it."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _error(prefix: str, message: str) -> None:
-    print(f"{prefix}: error: {message}", file=sys.stderr)
+    """``prefix: error: message`` on stderr, below any progress bar."""
+    _close_progress_bars()
+    print(f"{prefix}: error: {message}", file=sys.stderr, flush=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt: the same
+    unwinding (locks released, no half-written checkpoint) and the same way back."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends it at once
+    raise Terminated()
+
+
+class _ReaderMayLeave:
+    """sys.stdout or sys.stderr whose reader may go away (``mambaseq ... | head -1``):
+    from then on what is written goes to os.devnull instead of raising BrokenPipeError
+    where the command happens to print, so the command still finishes its files."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())    # the text still buffered goes there too
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _streams_whose_reader_may_leave():
+    """stdout and stderr as ``_ReaderMayLeave``, flushed on the way out (so that nothing
+    fails at exit either), then restored."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_ReaderMayLeave(s) if s is not None else s for s in streams)
+    try:
+        yield
+    finally:
+        for wrapped in (sys.stdout, sys.stderr):
+            if wrapped is not None:
+                wrapped.flush()
+        sys.stdout, sys.stderr = streams
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises ``Terminated`` inside this block (main thread only; elsewhere Python
+    cannot take signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_depth = 0  # commands running in this process: demo runs the others through main()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. ``argv`` defaults to ``sys.argv[1:]``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    global _depth
+    with _streams_whose_reader_may_leave():
+        _depth += 1
+        try:
+            return _main(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            _depth -= 1
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_help())
         return 0 if argv else 2
@@ -330,12 +437,18 @@ def main(argv: list[str] | None = None) -> int:
     args.command = name
 
     try:
-        code = _run_in_out_dir(module, args, resolved_config(parser, args, name))
-    except KeyboardInterrupt:
-        _error(prefix, "interrupted" + (" (continue with --resume)" if hasattr(args, "resume") else ""))
-        return 130
+        with _sigterm_interrupts():
+            code = _run_in_out_dir(module, args, resolved_config(parser, args, name))
+    except KeyboardInterrupt as e:
+        if _depth > 1:          # inside another command (demo): that one stops and says so
+            raise
+        terminated = isinstance(e, Terminated)
+        _error(prefix, ("interrupted by SIGTERM" if terminated else "interrupted")
+               + (" (continue with --resume)" if hasattr(args, "resume") else ""))
+        return 143 if terminated else 130
     except Exception as e:  # one clear line unless --debug
         if args.debug:
+            _close_progress_bars()
             traceback.print_exc()
         if type(e).__name__ == "OutOfMemoryError":
             _error(prefix, f"out of GPU memory ({e}); try a smaller --batch-size or "

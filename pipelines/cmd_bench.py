@@ -13,6 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from .options import non_negative_int
+
 log = logging.getLogger("mambaseq.bench")
 
 HELP = ("benchmarks: selective scan, training and generation vs a Transformer, scaling to "
@@ -26,7 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true",
                         help="fewer sizes and repeats: minutes on a small CPU")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=non_negative_int, default=1,
                         help="torch CPU threads for every model (0: torch's default); one "
                              "thread gives steadier figures on a shared machine")
     parser.add_argument("--out", default="bench/results", help="folder for JSON/Markdown/PNG")

@@ -26,7 +26,6 @@ import numpy as np
 import torch.nn.functional as F
 
 from mambaseq import core
-from mambaseq.mamba_bio.bed import write_split_bed
 from mambaseq.mamba_bio.datasets import SpeciesWindows
 from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.metrics import (accuracy_by_length, classification_report,
@@ -35,11 +34,14 @@ from mambaseq.mamba_bio.metrics import (accuracy_by_length, classification_repor
 from mambaseq.mamba_bio.predict import ClassifierEnsemble, window_probabilities
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines.checkpoint import BEST, load_model, model_assets
+from mambaseq.pipelines.cmd_pretrain_genome import SPLIT_FILE, keep_split_bed
 from mambaseq.pipelines.distributed import is_main_process
-from mambaseq.pipelines.options import TrainConfig, add_training_args
+from mambaseq.pipelines.options import (Number, TrainConfig, add_training_args, non_negative_int,
+                                        positive_int, seed_int, share, share_below_one)
 from mambaseq.pipelines.trainer import seed_everything, train
 
 HELP = "train a species classifier on DNA windows, with a k-mer baseline in the same report"
+KMER = Number("kmer", int, 1, 31)          # --kmer: the k-mer index holds k <= 31 in int64
 
 
 def parse_species(items):
@@ -64,27 +66,27 @@ def add_arguments(parser):
                    help="one entry per species")
     g.add_argument("--split-by", choices=("auto", "record", "position"), default="auto",
                    help="disjoint regions by record, or by position ranges within records")
-    g.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
+    g.add_argument("--fractions", type=share, nargs=3, default=(0.8, 0.1, 0.1),
                    metavar=("TRAIN", "VAL", "TEST"), help="shares of each genome per split")
-    g.add_argument("--folds", type=int, default=0, metavar="K",
+    g.add_argument("--folds", type=non_negative_int, default=0, metavar="K",
                    help="k-fold cross-validation: K models, each tested on its own 1/K block of "
                         "every genome (validation: the --fractions val share beside it); the "
                         "report pools the K test sets (0: one split, --split-by)")
-    g.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+    g.add_argument("--seeds", type=seed_int, nargs="+", default=None, metavar="S",
                    help="train one classifier per seed (in OUT/seedS; the seed draws the model "
                         "init, the training windows and the test windows of the same test "
                         "regions) and pool their test windows in the report")
-    g.add_argument("--pretrain-steps", type=int, default=0, metavar="N",
+    g.add_argument("--pretrain-steps", type=non_negative_int, default=0, metavar="N",
                    help="first pretrain a language model for N steps on the train regions of "
                         "all species (pretrain-genome --split-bed OUT/split.bed, into "
                         "OUT/pretrain; mlm, or clm with --causal, rc-equivariant with "
                         "--rc-invariant) and fine-tune the classifier from it; test regions "
                         "are never read")
-    g.add_argument("--eval-lengths", type=int, nargs="+", default=None, metavar="L",
+    g.add_argument("--eval-lengths", type=positive_int, nargs="+", default=None, metavar="L",
                    help="also score the test regions with windows of these lengths (model and "
                         "a k-mer baseline fit on train windows of each length); writes "
                         "OUT/accuracy_vs_length.json and .png")
-    g.add_argument("--eval-tokens", type=int, default=64_000, metavar="T",
+    g.add_argument("--eval-tokens", type=positive_int, default=64_000, metavar="T",
                    help="tokens per batch when predicting (windows per batch = T // length)")
     g.add_argument("--no-rc-augment", action="store_true",
                    help="train on the given strand only (by default half of the training "
@@ -95,7 +97,7 @@ def add_arguments(parser):
                         "trained on both strands averages the class log-probabilities of a "
                         "window and its reverse complement, in validation, test and "
                         "predict-species)")
-    g.add_argument("--substitution-rate", type=float, default=0.0, metavar="P",
+    g.add_argument("--substitution-rate", type=share_below_one, default=0.0, metavar="P",
                    help="replace each base of a training window by a random base with "
                         "probability P (regularises a model that memorises its training "
                         "regions)")
@@ -104,7 +106,7 @@ def add_arguments(parser):
     g.add_argument("--rc-invariant", action="store_true",
                    help="RC-equivariant backbone + invariant head (bidirectional only)")
     g.add_argument("--pooling", choices=("mean", "max", "last"), default="mean")
-    g.add_argument("--ngram", type=int, default=0, metavar="K",
+    g.add_argument("--ngram", type=non_negative_int, default=0, metavar="K",
                    help="add an embedding of the overlapping K-mer ending at each base to the "
                         "base embedding (core.NgramEmbedding): the model starts from the "
                         "features of a K-mer baseline and the backbone adds context (0: bases "
@@ -113,13 +115,13 @@ def add_arguments(parser):
                    help="start from a pretrained model's embedding and backbone "
                         "(pretrain-genome: clm for --causal, mlm otherwise, an "
                         "--rc-equivariant mlm for --rc-invariant)")
-    g.add_argument("--eval-per-class", type=int, default=50,
+    g.add_argument("--eval-per-class", type=positive_int, default=50,
                    help="fixed validation/test windows per species")
-    g.add_argument("--baseline-per-class", type=int, default=200,
+    g.add_argument("--baseline-per-class", type=positive_int, default=200,
                    help="training windows per species for the k-mer baseline")
-    g.add_argument("--kmer", type=int, default=3,
+    g.add_argument("--kmer", type=KMER, default=3,
                    help="k of the k-mer baseline (3 is its best on 1 kb mitogenome windows)")
-    g.add_argument("--d-state", type=int, default=16, help="SSM state size N")
+    g.add_argument("--d-state", type=positive_int, default=16, help="SSM state size N")
     g.add_argument("--decompress-gzip", action="store_true")
 
 
@@ -209,8 +211,8 @@ def score_lengths(model, data, tokenizer, args, seed) -> dict:
 def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
     """Train one classifier on one split and predict its test windows, with the baseline.
 
-    Writes the split to OUT/split.bed first; with --pretrain-steps, pretrains on its train
-    regions and fine-tunes from that model.
+    Writes the split to OUT/split.bed first (on --resume, checks that it is the run's own);
+    with --pretrain-steps, pretrains on its train regions and fine-tunes from that model.
 
     Returns {"classes", "labels" (n,), "pred" (n,), "baseline_pred" (n,), "by_length"
     ({length: {"labels", "pred", "baseline_pred"}} for --eval-lengths), "steps",
@@ -223,7 +225,8 @@ def train_and_score(args, cfg, species, tokenizer, by, fold=None) -> dict:
     test_x, test_y = data.fixed_windows("test", cfg.seq_len, args.eval_per_class)
     check_eval_lengths(data, args.eval_lengths or [])
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    split_bed = write_split_bed(Path(cfg.out) / "split.bed", data.split_table())
+    split_bed = keep_split_bed(Path(cfg.out) / SPLIT_FILE, data.split_table(), cfg.resume,
+                               "the FASTA files of --species")
     init_from = pretrain(args, cfg, split_bed) if args.pretrain_steps else args.init_from
 
     def eval_fn(model):
@@ -332,12 +335,8 @@ def write_length_results(report: dict, out: Path, per_class: int) -> None:
 
 
 def run(args):
-    if args.folds == 1 or args.folds < 0:
+    if args.folds == 1:
         raise ValueError(f"--folds must be 0 (one split) or at least 2, got {args.folds}")
-    if args.eval_lengths and min(args.eval_lengths) < 1:
-        raise ValueError(f"--eval-lengths must be positive, got {args.eval_lengths}")
-    if args.pretrain_steps < 0:
-        raise ValueError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
     if args.pretrain_steps and args.init_from:
         raise ValueError("--pretrain-steps and --init-from both give the starting model; "
                          "choose one")

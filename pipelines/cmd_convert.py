@@ -8,6 +8,9 @@ Sources (``--from auto`` reads config.json to tell them apart): transformers
 ``MambaForCausalLM`` (hf-mamba), mamba_ssm ``MambaLMHeadModel`` (mamba-ssm), Caduceus-Ph /
 Caduceus-PS ``CaduceusForMaskedLM`` (caduceus), or a toolkit model folder (mambaseq, for
 ``--to hf-mamba``). A configuration our models cannot represent is refused with the reason.
+``--out`` follows ``pipelines.out_folder``: a new or empty folder, or one an earlier convert
+wrote, whose files alone are replaced; anything else (a symbolic link, a folder of other
+files, the source itself) is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -16,18 +19,22 @@ import torch
 from mambaseq.core import hub
 from mambaseq.mamba_bio.hub_caduceus import CADUCEUS_TOKENIZER, masked_lm_from_caduceus
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
+from mambaseq.pipelines import out_folder
 from mambaseq.pipelines.checkpoint import CLASSES_FILE, TOKENIZER_FILE, load_model, model_assets
 
 HELP = "convert a hub checkpoint (transformers Mamba, mamba_ssm, Caduceus) to a toolkit model"
 ASSETS = (TOKENIZER_FILE, CLASSES_FILE)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KIND = out_folder.KINDS["convert"]
 
 
 def add_arguments(parser):
     parser.add_argument("src", help="source folder (config.json + model.safetensors or "
                                     "pytorch_model.bin)")
     # dest is not "out": the CLI would write its own config.json into an --out directory.
-    parser.add_argument("--out", dest="out_dir", required=True, help="output folder (replaced)")
+    parser.add_argument("--out", dest="out_dir", required=True,
+                        help="output model folder: new, empty, or one convert wrote (its "
+                             "files are replaced; anything else there is kept)")
     parser.add_argument("--from", dest="source_format", default="auto",
                         choices=("auto",) + hub.FORMATS, help="layout of SRC")
     parser.add_argument("--to", dest="target_format", default="mambaseq",
@@ -67,6 +74,8 @@ def convert(src, source_format="auto", dtype=torch.float32):
 
 
 def run(args):
+    inputs = out_folder.input_paths(vars(args))
+    out_folder.check_folder(args.out_dir, "convert", KIND, inputs)   # before the conversion
     model, extra = convert(args.src, args.source_format, DTYPES[args.dtype])
     if args.char_tokenizer:
         vocab = CharTokenizer().vocab_size
@@ -75,9 +84,11 @@ def run(args):
                              f"{getattr(model.config, 'vocab_size', 0)} tokens, fewer than the "
                              f"{vocab} of the nucleotide tokenizer")
         extra = {**extra, **model_assets(tokenizer=CharTokenizer())}
-    if args.target_format == "hf-mamba":
-        hub.export_hf_mamba(model, args.out_dir)
-    else:
-        model.save_pretrained(args.out_dir, extra_json=extra)
+    out = out_folder.claim_folder(args.out_dir, "convert", KIND, inputs)
+    with out_folder.replace_own_files(out, "convert") as staging:
+        if args.target_format == "hf-mamba":
+            hub.export_hf_mamba(model, staging)
+        else:
+            model.save_pretrained(staging, extra_json=extra)
     n = sum(p.numel() for p in model.parameters())
     print(f"{type(model).__name__} ({n:,} parameters) -> {args.out_dir} ({args.target_format})")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cli
+from .options import positive_int, seed_int
 
 HELP = "run pretrain-genome, classify-species, train-audio and generate-audio on generated data"
 
@@ -30,11 +31,12 @@ def add_arguments(parser):
                         help="folder for the generated data and every job's outputs")
     parser.add_argument("--jobs", default=",".join(JOBS),
                         help="comma-separated subset of: " + ", ".join(JOBS))
-    parser.add_argument("--steps", type=int, default=60,
+    parser.add_argument("--steps", type=positive_int, default=60,
                         help="optimizer steps of each training job")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="device of every job")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the jobs")
+    parser.add_argument("--seed", type=seed_int, default=0,
+                        help="seed of the data and the jobs")
 
 
 @dataclass

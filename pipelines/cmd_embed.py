@@ -8,23 +8,31 @@ DIR/<index>_<record>.npy, a (L, D) float32 array filled chunk by chunk through a
 map. With a causal model a record of any length (2^20 bases and more) costs one chunk of
 activations on a CPU (the state passes between chunks); a bidirectional model reads a
 record whole.
+
+Outputs follow ``pipelines.out_folder``: ``--out`` (and PATH.names.txt) is never an input
+and replaces only an earlier embed output; ``--per-position`` is a new or empty folder, or
+one embed made.
 """
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mambaseq.core.atomic import atomic_file, write_bytes_atomic
 from mambaseq.mamba_bio.embeddings import hidden_chunks, pooled_features
 from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.pipelines import out_folder
 from mambaseq.pipelines.checkpoint import load_model, read_tokenizer
 from mambaseq.pipelines.distributed import resolve_device
 from mambaseq.pipelines.options import positive_int
 
 HELP = "pooled (and per-position) embeddings of FASTA records from a trained model"
+POSITIONS_KIND = "per-position embeddings"
 
 
 def add_arguments(parser):
@@ -63,17 +71,39 @@ def embed_record(model, ids, chunk_len, pooling, positions_path=None):
     return (pooled / len(ids) if pooling == "mean" else pooled).cpu().numpy()
 
 
+def _is_embeddings(path: Path) -> bool:
+    """``path`` looks like an embed output: an .npz of exactly ``names`` and ``embeddings``,
+    or a 2-D float32 .npy (its names file: when that .npy is one)."""
+    if path.name.endswith(".names.txt"):
+        return _is_embeddings(path.with_name(path.name.removesuffix(".names.txt") + ".npy"))
+    try:
+        if path.suffix == ".npz":
+            with zipfile.ZipFile(path) as z:
+                return sorted(z.namelist()) == ["embeddings.npy", "names.npy"]
+        array = np.load(path, mmap_mode="r")
+        return array.ndim == 2 and array.dtype == np.float32
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
 def run(args):
     out = Path(args.out_file)
     if out.suffix not in (".npz", ".npy"):
         raise ValueError(f"--out must end in .npz or .npy, got {out}")
+    names_file = out.with_suffix(".names.txt")
+    inputs = out_folder.input_paths(vars(args))
+    for path in [out, names_file] if out.suffix == ".npy" else [out]:
+        out_folder.check_out_file(path, "--out", inputs, "embed", _is_embeddings)
+    if args.per_position:
+        out_folder.check_distinct({"--out": out, "--per-position": Path(args.per_position)})
+        out_folder.check_folder(args.per_position, "embed", POSITIONS_KIND, inputs,
+                                "--per-position")
     device = resolve_device(args.device)          # names --device when there is no GPU
     model = load_model(args.model, device=device)
     tokenizer = read_tokenizer(args.model)
     source = open_sequences(args.fasta, decompress_gzip=args.decompress_gzip)
-    pos_dir = Path(args.per_position) if args.per_position else None
-    if pos_dir:
-        pos_dir.mkdir(parents=True, exist_ok=True)
+    pos_dir = (out_folder.claim_folder(args.per_position, "embed", POSITIONS_KIND, inputs,
+                                       "--per-position") if args.per_position else None)
     rows = []
     for i, name in enumerate(tqdm(source.names, unit="record")):
         ids = tokenizer.encode(source.fetch(name), source=f"{args.fasta}:{name}")
@@ -83,10 +113,11 @@ def run(args):
         rows.append(embed_record(model, ids.to(device), args.chunk_len, args.pooling,
                                  pos_dir / f"{i}_{safe}.npy" if pos_dir else None))
     embeddings = np.stack(rows).astype(np.float32)                           # (n, F)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
-        np.savez(out, names=np.array(source.names), embeddings=embeddings)
-    else:
-        np.save(out, embeddings)
-        out.with_suffix(".names.txt").write_text("\n".join(source.names) + "\n")
+    with atomic_file(out) as tmp, open(tmp, "wb") as f:
+        if out.suffix == ".npz":
+            np.savez(f, names=np.array(source.names), embeddings=embeddings)
+        else:
+            np.save(f, embeddings)
+    if out.suffix == ".npy":
+        write_bytes_atomic(names_file, ("\n".join(source.names) + "\n").encode())
     print(f"{len(rows)} embeddings of width {embeddings.shape[1]} -> {out}")

@@ -23,6 +23,7 @@ from mambaseq.mamba_audio.model import AudioLM, stream_nll_bits
 
 from .cmd_train_audio import add_data_args, split_from_args
 from .distributed import resolve_device
+from .options import non_negative_int, positive_int
 
 HELP = "score held-out audio with a trained model: NLL in bits per sample (JSON)"
 
@@ -37,14 +38,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--markov-baseline", action="store_true",
                         help="with --subset test: also score order 0, 1 and 2 Markov chains "
                              "over the classes, fit on the training side of the split")
-    parser.add_argument("--chunk-size", type=int, default=2 ** 14,
+    parser.add_argument("--chunk-size", type=positive_int, default=2 ** 14,
                         help="samples per chunk of the streamed forward")
-    parser.add_argument("--batch-samples", type=int, default=2 ** 16,
+    parser.add_argument("--batch-samples", type=positive_int, default=2 ** 16,
                         help="clips are scored together up to about this many samples")
-    parser.add_argument("--max-files", type=int, default=0,
+    parser.add_argument("--max-files", type=non_negative_int, default=0,
                         help="score only this many files, evenly spread (0 = all)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="CPU threads for torch (0 = torch's default)")
 
 

@@ -29,7 +29,8 @@ from mambaseq.mamba_audio.model import AudioLM
 from mambaseq.mamba_audio.sampler import generate, save_clips
 
 from .distributed import resolve_device
-from .options import positive_float, positive_int
+from .options import (non_negative_float, non_negative_int, positive_float, positive_int,
+                      probability_mass, seed_int)
 
 HELP = "generate audio clips from a trained model (wav files + samples/s)"
 
@@ -44,19 +45,21 @@ def add_arguments(parser) -> None:
                         help="length of each clip")
     parser.add_argument("--prime", metavar="FILE", default=None,
                         help="audio file whose start primes every clip (kept in the output)")
-    parser.add_argument("--prime-seconds", type=float, default=0.25,
+    parser.add_argument("--prime-seconds", type=positive_float, default=0.25,
                         help="how much of --prime to use")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=None, help="keep the k likeliest classes")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same clips")
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=positive_int, default=None,
+                        help="keep the k likeliest classes")
+    parser.add_argument("--top-p", type=probability_mass, default=None,
+                        help="nucleus sampling mass")
+    parser.add_argument("--seed", type=seed_int, default=0, help="same seed, same clips")
     parser.add_argument("--compare", metavar="FILE", nargs="*", default=(),
                         help="real clips drawn beside the generated ones in spectrograms.png")
     parser.add_argument("--score", metavar="CLASSIFIER_DIR", default=None,
                         help="a word classifier written by train-word-classifier: print the "
                              "generated clips' Inception Score, modified IS, AM score and FID")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=non_negative_int, default=1,
                         help="CPU threads for torch; a step's ops are tiny, so 1 is usually "
                              "fastest (0 = torch's default)")
 

@@ -22,8 +22,12 @@ Windows follow ``mamba_bio.predict``: every ``--stride`` bases plus one window e
 record's end, a record shorter than ``--window`` as one window, all-N windows skipped. A
 record is read one window at a time (pyfaidx for FASTA, bgzip included; plain gzip with
 ``--decompress-gzip``) and at most one batch of windows is held, so a chromosome of any
-length runs in bounded memory. Use the ``--window`` (``--seq-len``) the classifier was
-trained with. Both files are written under a temporary name and renamed when complete.
+length runs in bounded memory. ``--window`` defaults to the window length (``--seq-len``)
+the classifier was trained on, read from its run (``training_window``); a folder without that
+record needs ``--window``. Both files are written under a temporary name and renamed when
+complete.
+Neither may be one of the inputs, nor an existing file predict-species did not write
+(``pipelines.out_folder``): those are refused before anything is read.
 """
 from __future__ import annotations
 
@@ -37,11 +41,14 @@ from tqdm.auto import tqdm
 
 from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.predict import load_classifiers, predict_records
+from mambaseq.pipelines import out_folder
+from mambaseq.pipelines.checkpoint import latest_checkpoint
 
 HELP = "species calls for every window and record of new FASTA files, from a trained classifier"
 
 FIXED_COLUMNS = ("file", "record", "start", "end", "predicted")
 SUMMARY_COLUMNS = ("file", "record", "length", "windows", "predicted")
+TRAIN_CONFIG = "train_config.json"               # a checkpoint's training options
 
 
 def add_arguments(parser):
@@ -57,8 +64,9 @@ def add_arguments(parser):
     parser.add_argument("--summary", default=None, metavar="FILE",
                         help="per-record summary, .tsv or .json (default: PREDS.summary.tsv "
                              "beside --out)")
-    parser.add_argument("--window", type=int, default=1000,
-                        help="window length in bases (the classifier's training --seq-len)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="window length in bases (default: the --seq-len the classifier "
+                             "was trained with, from its run's train_config.json)")
     parser.add_argument("--stride", type=int, default=None,
                         help="bases between window starts (default: --window, no overlap)")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
@@ -77,11 +85,53 @@ def summary_path(out: Path, summary: str | None) -> Path:
     return path
 
 
+def training_window(directory) -> int | None:
+    """The window length (``seq_len``) the classifier in ``directory`` was trained on: from the
+    folder's own train_config.json (a checkpoint), or for a run's ``model/`` folder from the
+    run's newest checkpoint beside it; None when neither is there (a folder copied out of its
+    run).
+
+    Raises:
+        ValueError: a train_config.json that is not JSON or has no positive ``seq_len``.
+    """
+    directory = Path(directory)
+    path = directory / TRAIN_CONFIG
+    if not path.is_file() and directory.name == "model":
+        latest = latest_checkpoint(directory.parent / "checkpoints")
+        path = latest / TRAIN_CONFIG if latest is not None else path
+    if not path.is_file():
+        return None
+    try:
+        seq_len = json.loads(path.read_text()).get("seq_len")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a JSON object of training options ({err})") from None
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"{path}: seq_len {seq_len!r} is not a positive integer")
+    return seq_len
+
+
+def _default_window(models) -> int:
+    """The one training window of ``models`` (see ``training_window``), or a ValueError that
+    asks for ``--window`` and says why."""
+    windows = {str(m): training_window(m) for m in models}
+    unknown = [m for m, w in windows.items() if w is None]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: no {TRAIN_CONFIG} here or in its run's checkpoints/ "
+                         "to tell the window length the classifier was trained on; pass "
+                         "--window (its training --seq-len)")
+    if len(set(windows.values())) > 1:
+        raise ValueError(f"--model: the classifiers were trained on different window lengths "
+                         f"({', '.join(f'{m}: {w}' for m, w in windows.items())}); pass --window")
+    return next(iter(windows.values()))
+
+
 def _check_args(args, classes):
     for opt in ("window", "stride", "batch_size"):
         value = getattr(args, opt)
         if value is not None and value < 1:
             raise ValueError(f"--{opt.replace('_', '-')} must be a positive integer, got {value}")
+    if args.window is None:
+        args.window = _default_window(args.model)
     clash = set(classes) & set(FIXED_COLUMNS + SUMMARY_COLUMNS)
     if clash:
         raise ValueError(f"{args.model[0]}: class name(s) {sorted(clash)} clash with the output "
@@ -122,9 +172,28 @@ def write_summary(path: Path, rows, classes) -> None:
     os.replace(tmp, path)
 
 
+def _written_here(path: Path) -> bool:
+    """``path`` is a file predict-species writes: a per-window or per-record TSV (by its
+    header) or a per-record JSON list."""
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(rows, list) and bool(rows) and all(
+            isinstance(r, dict) and set(r) == {*SUMMARY_COLUMNS, "mean_probabilities"}
+            for r in rows)
+    return any(out_folder.starts_with(path, "\t".join(columns) + "\t")
+               for columns in (FIXED_COLUMNS, SUMMARY_COLUMNS))
+
+
 def run(args):
     out = Path(args.out_file)
     summary = summary_path(out, args.summary)
+    inputs = out_folder.input_paths(vars(args))
+    out_folder.check_distinct({"--out": out, "--summary": summary})
+    for option, path in (("--out", out), ("--summary", summary)):
+        out_folder.check_out_file(path, option, inputs, "predict-species", _written_here)
     model, tokenizer, classes = load_classifiers(args.model, device=args.device)
     _check_args(args, classes)
     sources = [(path, open_sequences(path, decompress_gzip=args.decompress_gzip))

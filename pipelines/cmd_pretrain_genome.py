@@ -6,7 +6,9 @@
 Training windows come from the train split, the validation loss from the disjoint val split
 (by chromosome when there are several, else the last ``--val-fraction`` of each record).
 Several FASTA files (e.g. one per chromosome or per genome) are each split that way and
-pooled, windows spread over them in proportion to their size.
+pooled, windows spread over them in proportion to their size. The regions go to
+``<out>/split.bed`` (a ``--split-bed`` for another run); ``--resume`` refuses inputs that
+now give other regions.
 For clm the validation is the whole val split read in one causal pass (state passed between
 chunks), so ``val_loss`` is the exact per-base NLL there; the report adds the perplexity of
 the best order-k Markov model fit on the train split, the baseline to beat.
@@ -21,7 +23,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from mambaseq import core
-from mambaseq.mamba_bio.bed import read_bed, read_split_bed
+from mambaseq.mamba_bio.bed import SplitRegion, read_bed, read_split_bed, write_split_bed
 from mambaseq.mamba_bio.datasets import GenomeWindows, split_regions
 from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.heads import MaskedLM
@@ -29,11 +31,13 @@ from mambaseq.mamba_bio.metrics import best_markov_perplexity, lm_metrics, lm_nl
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 from mambaseq.pipelines.checkpoint import model_assets
 from mambaseq.pipelines.distributed import is_main_process
-from mambaseq.pipelines.options import TrainConfig, add_training_args, fraction
+from mambaseq.pipelines.options import (TrainConfig, add_training_args, check_resume_split,
+                                        fraction, positive_int, share)
 from mambaseq.pipelines.trainer import seed_everything, train
 
 HELP = "pretrain a causal (clm) or masked (mlm) Mamba language model on a genome FASTA"
 MARKOV_MAX_BASES = 20_000_000      # the Markov baseline reads the splits into memory
+SPLIT_FILE = "split.bed"           # <out>/split.bed: the regions a run trains and validates on
 
 
 def add_arguments(parser):
@@ -57,13 +61,13 @@ def add_arguments(parser):
                    help="share of the bases held out for validation")
     g.add_argument("--split-by", choices=("auto", "record", "position"), default="auto",
                    help="hold out whole records, or the end of every record")
-    g.add_argument("--val-bases", type=int, default=200_000,
+    g.add_argument("--val-bases", type=positive_int, default=200_000,
                    help="validate on at most this many bases of the val split")
-    g.add_argument("--max-n-frac", type=float, default=0.1,
+    g.add_argument("--max-n-frac", type=share, default=0.1,
                    help="skip training windows with more N than this")
     g.add_argument("--no-rc-augment", action="store_true",
                    help="do not reverse-complement half of the training windows")
-    g.add_argument("--d-state", type=int, default=16, help="SSM state size N")
+    g.add_argument("--d-state", type=positive_int, default=16, help="SSM state size N")
     g.add_argument("--strict", action="store_true",
                    help="IUPAC codes other than N are an error instead of N")
     g.add_argument("--decompress-gzip", action="store_true",
@@ -140,6 +144,33 @@ def training_regions(args):
     return files, sources, splits
 
 
+def region_line(r: SplitRegion) -> str:
+    """One region of a split as a message shows it: "val chrM:15000-16569 of /abs/h.fa"."""
+    w = r.window
+    return (f"{r.split} {w.name}:{w.start}-{w.end}{'' if w.strand == '+' else ' (-)'} of "
+            f"{Path(r.fasta).resolve()}{'' if r.species == '.' else f' ({r.species})'}")
+
+
+def keep_split_bed(path: Path, rows: list[SplitRegion], resume: bool, inputs: str,
+                   write: bool = True) -> Path:
+    """Write the split a run trains on to ``path`` (``write_split_bed``); on ``resume``,
+    check instead that ``rows``, the split derived again from the inputs, is the one there
+    (shared with classify-species).
+
+    Args:
+        inputs: the options the split comes from, named when it differs.
+        write: False on the processes that leave the writing to another.
+    Raises:
+        ValueError: on resume, another split than the run's own (the inputs changed).
+    """
+    if resume and path.is_file():
+        check_resume_split([region_line(r) for r in read_split_bed(path)],
+                           [region_line(r) for r in rows], path, inputs)
+    elif write:
+        write_split_bed(path, rows)
+    return path
+
+
 def make_clm_eval(val_texts, tokenizer, where):
     """``where[i]``: "file:record:start" of ``val_texts[i]``, named by a bad-base error."""
     ids = [tokenizer.encode(t, add_bos=True, source=w) for t, w in zip(val_texts, where)]
@@ -174,6 +205,10 @@ def run(args):
     files, sources, splits = training_regions(args)
     if not any(splits["val"]):
         raise ValueError("the validation split is empty; raise --val-fraction")
+    rows = [SplitRegion(k, ".", f, w) for k in ("train", "val")
+            for f, ws in zip(files, splits[k]) for w in ws]
+    keep_split_bed(Path(cfg.out) / SPLIT_FILE, rows, cfg.resume,
+                   "--split-bed" if args.split_bed else "--fasta/--bed", write=is_main_process())
     seed_everything(cfg.seed)
     common = dict(tokenizer=tokenizer, objective=args.objective, max_n_frac=args.max_n_frac,
                   seed=cfg.seed)

@@ -5,7 +5,8 @@
 
 The word of a file is the name of its folder (``yes/abc_nohash_0.wav`` says "yes");
 ``--skip-labels`` leaves folders out (``_unknown_`` by default). The split options are
-train-audio's, so that the same speakers are held out from both models. Each clip is
+train-audio's, so that the same speakers are held out from both models; the files of each
+side go to ``<out>/split.json``, which ``--resume`` keeps (as train-audio does). Each clip is
 resampled, peak-normalised and, with ``--mu-law-bits``, passed through the same mu-law
 quantiser as the audio model's clips (so that real and generated clips are judged at the
 same bit depth), then cut or zero-padded to ``--clip-seconds``.
@@ -28,13 +29,17 @@ import torch.nn.functional as F
 from mambaseq.mamba_audio.classifier import WordClassifier
 from mambaseq.mamba_audio.datasets import load_word_clips, words_from_folders
 from mambaseq.mamba_audio.gen_scores import score_clips
+from mambaseq.mamba_audio.io import check_sample_rate
 
-from .cmd_train_audio import add_data_args, add_validation_arg, split_from_args, validation_split
+from .cmd_train_audio import add_data_args, add_validation_arg, run_split
 from .distributed import is_main_process
-from .options import TrainConfig, add_training_args
+from .options import (Number, TrainConfig, add_training_args, non_negative_float, non_negative_int,
+                      positive_float, positive_int)
 from .trainer import seed_everything, train
 
 HELP = "train the spoken-word classifier that scores generated clips (IS, mIS, AM, FID)"
+# --mu-law-bits: 0 keeps the clips as read, else the quantiser's own range (1 to 16)
+MU_LAW_BITS = Number("mu_law_bits", int, 0, 16)
 
 
 def add_arguments(parser) -> None:
@@ -42,10 +47,11 @@ def add_arguments(parser) -> None:
     add_data_args(parser)
     add_validation_arg(parser)
     g = add_clip_args(parser)
-    g.add_argument("--sample-rate", type=int, default=16000, help="rate clips are resampled to")
-    g.add_argument("--clip-seconds", type=float, default=1.0,
+    g.add_argument("--sample-rate", type=positive_int, default=16000,
+                   help="rate clips are resampled to")
+    g.add_argument("--clip-seconds", type=positive_float, default=1.0,
                    help="clips are cut or zero-padded to this length")
-    g.add_argument("--shift-ms", type=float, default=100.0,
+    g.add_argument("--shift-ms", type=non_negative_float, default=100.0,
                    help="training clips are shifted in time by up to this much (augmentation)")
     # 600 steps of 32 clips (about 9 passes over the 2,079 training clips of Speech
     # Commands' ten words) reach 81% on held-out speakers in about 4 CPU minutes (README).
@@ -58,10 +64,10 @@ def add_clip_args(parser):
     g = parser.add_argument_group("word clips")
     g.add_argument("--skip-labels", default="_unknown_", metavar="A,B",
                    help="comma-separated folder names whose files are left out")
-    g.add_argument("--mu-law-bits", type=int, default=8,
+    g.add_argument("--mu-law-bits", type=MU_LAW_BITS, default=8,
                    help="pass clips through a mu-law quantiser of this many bits, as the "
                         "audio model sees them (0 = keep them as read)")
-    g.add_argument("--group-size", type=int, default=0,
+    g.add_argument("--group-size", type=non_negative_int, default=0,
                    help="also score the test clips in random groups of this many (as many "
                         "as generate-audio makes), mean and sd over the groups; 0 = off")
     return g
@@ -72,9 +78,9 @@ def skipped(args) -> set[str]:
 
 
 def run(args):
+    check_sample_rate(args.sample_rate, "--sample-rate")
     skip = skipped(args)
-    train_files, test_files = split_from_args(args)
-    train_files, val_files = validation_split(args, train_files, test_files)
+    train_files, val_files, test_files = run_split(args)
     train_pairs, val_pairs, test_pairs = (words_from_folders(f, skip)
                                           for f in (train_files, val_files, test_files))
     labels = sorted({w for _, w in train_pairs})

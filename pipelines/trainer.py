@@ -251,8 +251,29 @@ class _Run:
             _truncate_metrics(self.metrics_path, self.step)
         _log(self.ctx, f"resumed from {latest} at step {self.step}")
 
+    def diverged(self, what: str) -> FloatingPointError:
+        """The error that ends a run whose ``what`` ("validation loss is nan") went
+        non-finite at the current step; names the last good checkpoint, which is kept."""
+        last = ckpt.latest_checkpoint(self.ckpt_root)
+        kept = f"the last good checkpoint, {last}, is kept" if last else "no checkpoint yet"
+        return FloatingPointError(
+            f"{what} at step {self.step}: stopped without saving ({kept}); start again with "
+            "a lower --lr, a higher --warmup-steps or --precision fp32")
+
+    def check_weights(self) -> None:
+        """Raise ``diverged`` when a weight of the model is NaN or infinite (an optimizer step
+        can break them after a finite loss); called before any checkpoint or model is saved."""
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise self.diverged(f"the weights are not finite ({len(bad)} tensors, e.g. {bad[0]})")
+
     def save(self, name: str) -> None:
-        """Checkpoint ``name`` from rank 0; collective (the RNG states are gathered)."""
+        """Checkpoint ``name`` from rank 0; collective (the RNG states are gathered).
+
+        Raises:
+            FloatingPointError: a weight is NaN or infinite (nothing is written).
+        """
+        self.check_weights()
         state = self.state()
         if self.ctx.is_main:
             metrics = {"step": self.step, **self.last_train, **self.last_val}
@@ -318,6 +339,8 @@ class _Run:
         val = metrics.get("val_loss")
         if val is None:
             return False
+        if not math.isfinite(val):
+            raise self.diverged(f"the validation loss is {val}")
         if self.best_val is None or val < self.best_val:
             self.best_val, self.bad_evals = val, 0
             self.save(ckpt.BEST)
@@ -356,7 +379,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, get_batch: GetBatch, cfg: Tra
         ValueError: on resume, an option changed that the run cannot take (see
             ``options.RESUME_MAY_CHANGE``), or a checkpoint that cannot be trusted or read.
         run_lock.RunFolderBusy: another process is training in ``cfg.out``.
-        FloatingPointError: the loss became NaN or infinite.
+        FloatingPointError: the training or validation loss, or a weight, became NaN or
+            infinite; nothing is saved from that step on (earlier checkpoints are kept).
     """
     ctx = init_distributed(cfg.device)
     try:
@@ -429,6 +453,7 @@ def _train(model, loss_fn, get_batch, cfg, eval_fn, ctx: DistContext, assets) ->
     bar.close()
 
     model_dir = out / "model"
+    run.check_weights()
     if ctx.is_main:
         ckpt.save_model_atomic(model, model_dir, assets)
         plot_metrics(run.metrics_path, out / "loss.png")

@@ -138,9 +138,10 @@ def test_train_writes_artifacts_and_learns(tmp_path):
 
 def test_early_stop_and_existing_checkpoints_need_resume(tmp_path):
     seed_everything(0)
-    cfg = tiny_cfg(tmp_path, steps=50, lr=0.0, warmup_steps=0, eval_every=1, early_stop=2)
+    # lr 1e-30 (TrainConfig refuses 0): the updates vanish in fp32, val_loss never improves
+    cfg = tiny_cfg(tmp_path, steps=50, lr=1e-30, warmup_steps=0, eval_every=1, early_stop=2)
     result = train(TinyLM(), loss_fn, get_batch, cfg, eval_fn=make_eval_fn())
-    assert result["stopped_early"] and result["step"] == 3    # lr 0: val_loss never improves
+    assert result["stopped_early"] and result["step"] == 3
     assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step_0000003"
     with pytest.raises(FileExistsError, match="--resume"):
         train(TinyLM(), loss_fn, get_batch, cfg)
