@@ -5,8 +5,9 @@
 
 The older checkout (e.g. ``git worktree add /tmp/base-step c6272ea``) runs in a child Python
 with ``PYTHONPATH`` set to it, so both versions import as ``mambaseq`` without clashing; the
-child builds the same model class from the same constructor arguments, loads the very same
-weights, sets the same number of threads and times greedy decoding exactly as the parent
+child builds the same model class from the same config (through the older checkout's
+constructor: keyword arguments before the configs redesign, its config since), loads the very
+same weights, sets the same number of threads and times greedy decoding exactly as the parent
 times its own (argmax fed back, one ``step`` per token).
 
 Both clocks are kept: wall time, and the process's CPU time, which on a shared machine
@@ -35,14 +36,21 @@ if args["kind"] == "lm":
     from mambaseq.core import MambaLM as cls
 else:
     from mambaseq.mamba_audio.model import AudioLM as cls
-known = inspect.signature(cls.__init__).parameters
-model = cls(**{k: v for k, v in args["config"].items() if k in known}).eval()
+config = args["config"]
+if "config" in inspect.signature(cls.__init__).parameters:      # Model(config) checkouts
+    model = cls(cls.config_class(**config))
+else:                                                          # Model(**arguments) checkouts
+    # the level width growth was called "expand" before it was "width_growth"
+    config = {("expand" if k == "width_growth" else k): v for k, v in config.items()}
+    known = inspect.signature(cls.__init__).parameters
+    model = cls(**{k: v for k, v in config.items() if k in known})
+model.eval()
 model.load_state_dict(torch.load(args["weights"], weights_only=True))
 torch.manual_seed(0)
 with torch.no_grad():
     cache = model.allocate_cache(args["batch"])
     if args["random_state"]:
-        for s in cache:
+        for s in getattr(cache, "layers", cache):    # a list of block states before InferenceCache
             s.ssm.normal_(std=0.1)
             s.conv.normal_()
     tok = torch.zeros(args["batch"], dtype=torch.long)

@@ -30,7 +30,7 @@ from mambaseq.bench.baseline import time_baseline_step, time_wall_and_cpu
 from mambaseq.bench.report import (bench_parser, machine_info, machine_line, markdown_table,
                                    write_results)
 from mambaseq.bench.transformer import count_parameters, matched_transformer
-from mambaseq.core import MambaLM
+from mambaseq.core import MambaLM, MambaLMConfig
 
 QUICK = dict(contexts=[1024, 4096, 16384], batches=[1, 16], tokens=8, repeats=3)
 FULL = dict(contexts=[1024, 4096, 16384, 65536], batches=[1, 16], tokens=16, repeats=5)
@@ -38,14 +38,15 @@ FULL = dict(contexts=[1024, 4096, 16384, 65536], batches=[1, 16], tokens=16, rep
 
 def build_models(d_model, n_layer, vocab_size, device, seed=0):
     torch.manual_seed(seed)
-    lm = MambaLM(vocab_size, d_model, n_layer, device=device).eval()
+    lm = MambaLM(MambaLMConfig(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer),
+                 device=device).eval()
     tf = matched_transformer(lm, device=device).eval()
     return lm, tf
 
 
 def state_bytes(cache):
-    return sum(s.conv.numel() * s.conv.element_size() + s.ssm.numel() * s.ssm.element_size()
-               for s in cache)
+    """Bytes of a ``MambaLM`` cache: the conv and ssm state of every block."""
+    return sum(s.conv.nbytes + s.ssm.nbytes for s in cache.layers)
 
 
 def decode(step, tok, n):
@@ -79,7 +80,7 @@ def measure_pair(lm, tf, context, batch, args, baseline=False):
 
     with torch.no_grad():
         cache = lm.allocate_cache(batch, device=device)
-        for s in cache:
+        for s in cache.layers:
             s.ssm.normal_(std=0.1)
             s.conv.normal_()
         row("mamba_step", time_wall_and_cpu(

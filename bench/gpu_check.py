@@ -180,11 +180,11 @@ def timings(lengths, d_inner):
 
 def train_step(log2_length, repeats=2):
     """Seconds per training step of a 2-layer MambaLM on one 2^log2_length-token sequence."""
-    from mambaseq.core import MambaLM
+    from mambaseq.core import MambaLM, MambaLMConfig
 
     torch.manual_seed(0)
     length = 1 << log2_length
-    model = MambaLM(vocab_size=16, d_model=128, n_layer=2).cuda()
+    model = MambaLM(MambaLMConfig(vocab_size=16, d_model=128, n_layer=2)).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.randint(0, 16, (1, length + 1), device="cuda")
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from mambaseq.bench.report import (bench_parser, fmt, machine_info, machine_line, markdown_table,
                                    peak_rss_gb, run_isolated, time_call, write_results)
-from mambaseq.core import MambaLM, hub
+from mambaseq.core import MambaLM, MambaLMConfig, hub
 from mambaseq.core.backbone import set_grad_checkpointing
 
 D_MODEL, N_LAYER, VOCAB = 128, 4, 256
@@ -60,7 +60,7 @@ def _train_step(model, ids):
 def vs_compile(length, repeats):
     """Eager vs torch.compile (inductor) of one MambaLM: forward and forward+backward."""
     torch.manual_seed(0)
-    lm = MambaLM(VOCAB, D_MODEL, N_LAYER)
+    lm = MambaLM(MambaLMConfig(vocab_size=VOCAB, d_model=D_MODEL, n_layer=N_LAYER))
     ids = torch.randint(0, VOCAB, (1, length + 1))
     compiled = torch.compile(lm, fullgraph=True)
     rows = {}
@@ -88,7 +88,7 @@ def ckpt_case(length, checkpointed):
     """One forward+backward in this process: the bytes autograd keeps for the backward pass
     (each storage counted once), peak RSS and seconds."""
     torch.manual_seed(0)
-    lm = MambaLM(16, D_MODEL, N_LAYER)
+    lm = MambaLM(MambaLMConfig(vocab_size=16, d_model=D_MODEL, n_layer=N_LAYER))
     set_grad_checkpointing(lm, checkpointed)
     ids = torch.randint(0, 16, (1, length + 1))
     kept = {}

@@ -3,10 +3,11 @@
     python -m mambaseq.bench.scaling [--quick] [--device cpu] [--out bench/results]
 
 For L = 2^12 ... 2^20 (batch 1, no gradients), each in its own process:
-- ``backbone``: ``MambaBackbone(D, 4)`` forward of a (1, L, D) input (chunked state passing
+- ``backbone``: ``MambaBackbone`` (D, 4 layers) forward of a (1, L, D) input (chunked state passing
   above its chunk size, so memory stays bounded by one chunk's activations + input/output);
 - ``embed``: ``MambaLM.embed(ids, pooling="mean")``, the embedding extraction path;
-- ``bidirectional`` (with ``--kinds``): ``BiMambaBackbone(D, 4)`` forward, chunked both ways.
+- ``bidirectional`` (with ``--kinds``): ``BiMambaBackbone`` (D, 4 layers) forward, chunked both
+  ways.
 
 Memory is the peak RSS above the process's RSS just before the input is made (CPU), or the
 CUDA peak allocation. The least-squares slope of log(time) and log(memory) against log(L)
@@ -22,7 +23,8 @@ import torch
 
 from mambaseq.bench.report import (bench_parser, loglog_plot, loglog_slope, machine_info,
                           machine_line, markdown_table, peak_rss_gb, run_isolated, time_call, write_results)
-from mambaseq.core import BiMambaBackbone, MambaBackbone, MambaLM
+from mambaseq.core import (BiMambaBackbone, BiMambaBackboneConfig, MambaBackbone,
+                           MambaBackboneConfig, MambaLM, MambaLMConfig)
 
 QUICK = dict(log2_lengths=[12, 13, 14, 15, 16], repeats=2)
 FULL = dict(log2_lengths=[12, 14, 16, 18, 20], repeats=3)
@@ -37,11 +39,14 @@ def current_rss_gb():
 def case(kind, length, d_model, repeats, device):
     torch.manual_seed(0)
     if kind == "backbone":
-        model = MambaBackbone(d_model, N_LAYER, device=device).eval()
+        model = MambaBackbone(MambaBackboneConfig(d_model=d_model, n_layer=N_LAYER),
+                              device=device).eval()
     elif kind == "bidirectional":
-        model = BiMambaBackbone(d_model, N_LAYER, device=device).eval()
+        model = BiMambaBackbone(BiMambaBackboneConfig(d_model=d_model, n_layer=N_LAYER),
+                                device=device).eval()
     else:
-        model = MambaLM(16, d_model, N_LAYER, device=device).eval()
+        model = MambaLM(MambaLMConfig(vocab_size=16, d_model=d_model, n_layer=N_LAYER),
+                        device=device).eval()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = current_rss_gb()

@@ -255,8 +255,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    run(parse_args(argv), "python -m mambaseq.bench.scan_gpu " + " ".join(
+        sys.argv[1:] if argv is None else argv))
+
+
+def run(args, command: str):
+    """The benchmark of ``args`` (:func:`parse_args`'s options); ``command`` (what ran it)
+    goes into the JSON's meta."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench.scan_gpu needs a CUDA GPU (the Triton kernels are compiled for it)")
     device_name = torch.cuda.get_device_name()
@@ -271,8 +277,7 @@ def main(argv=None):
     steps = step_rows(args)
     meta = dict(device=device_name, peak_gbs=peak, dtype=args.dtype, d_state=args.d_state,
                 torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                command="python -m mambaseq.bench.scan_gpu " + " ".join(
-                    sys.argv[1:] if argv is None else argv))
+                command=command)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scan_gpu.json").write_text(json.dumps(dict(meta=meta, scan=rows, step=steps),
                                                        indent=2))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import statistics
@@ -119,7 +120,13 @@ def build_model(layout, model, vocab_size, d_model, n_layer):
     torch.manual_seed(0)
     if model == "mambapy":
         return MambapyLM(vocab_size, d_model, n_layer)
-    lm = toolkit(layout, "core").MambaLM(vocab_size, d_model, n_layer)
+    core = toolkit(layout, "core")
+    sizes = dict(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer)
+    # built from a keyword-only config since the configs redesign; by arguments before it
+    if "config" in inspect.signature(core.MambaLM.__init__).parameters:
+        lm = core.MambaLM(core.MambaLMConfig(**sizes))
+    else:
+        lm = core.MambaLM(**sizes)
     if model == "transformer":
         from mambaseq.bench.transformer import matched_transformer
         return matched_transformer(lm)

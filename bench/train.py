@@ -28,7 +28,7 @@ from mambaseq.bench.report import (bench_parser, machine_info, machine_line, mar
                           peak_rss_gb, run_isolated, time_call, write_results)
 from mambaseq.bench.timing_worker import THIS_CHECKOUT, run_worker
 from mambaseq.bench.transformer import count_parameters, matched_transformer
-from mambaseq.core import MambaLM
+from mambaseq.core import MambaLM, MambaLMConfig
 
 QUICK = dict(lengths=[1024, 2048, 4096], repeats=2)
 FULL = dict(lengths=[1024, 2048, 4096, 8192, 16384], repeats=3)
@@ -36,7 +36,8 @@ FULL = dict(lengths=[1024, 2048, 4096, 8192, 16384], repeats=3)
 
 def build(model, d_model, n_layer, vocab_size, device):
     torch.manual_seed(0)
-    lm = MambaLM(vocab_size, d_model, n_layer, device=device)
+    lm = MambaLM(MambaLMConfig(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer),
+                 device=device)
     return lm if model == "mamba" else matched_transformer(lm, device=device)
 
 

@@ -6,7 +6,7 @@
 
 A kill at any moment leaves the target either as it was or complete, never half-written;
 what a killed writer leaves beside it (``.tmp-<name>-<pid>``, ``.old-<name>-<pid>``) is
-recognisable by name, and ``pipelines.checkpoint.clean_stale`` removes it. Every other
+recognisable by name, and ``pipelines.training.checkpoints.clean_stale`` removes it. Every other
 error removes the temporary copy and is raised again; a full disk is reported as "no space
 left on device" with the target's path, whatever layer ran out of space.
 """

@@ -20,9 +20,10 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .mamba import Mamba, MambaState
+from .cache import InferenceCache
+from .mamba import Mamba
+from .model_folder import PretrainedMixin, register_model_class
 from .norm import RMSNorm
-from .pretrained import PretrainedMixin
 
 DEFAULT_CHUNK = 2 ** 14
 
@@ -34,7 +35,7 @@ class Block(nn.Module):
     ``residual_in_fp32``): in bf16 a million small updates would otherwise round away.
     """
 
-    def __init__(self, d_model, mixer, norm_eps=1e-5, device=None, dtype=None):
+    def __init__(self, d_model, mixer, *, norm_eps=1e-5, device=None, dtype=None):
         super().__init__()
         self.norm = RMSNorm(d_model, eps=norm_eps, device=device, dtype=dtype)
         self.mixer = mixer
@@ -98,8 +99,9 @@ def lengths_from_mask(mask, length=None):
     return lengths
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MambaBackboneConfig:
+    """Architecture of a ``MambaBackbone`` (what its config.json holds)."""
     d_model: int                      # D
     n_layer: int                      # number of residual Mamba blocks
     d_state: int = 16                 # N
@@ -112,61 +114,70 @@ class MambaBackboneConfig:
     bias: bool = False                # biases of in_proj and out_proj
 
 
+@register_model_class
 class MambaBackbone(PretrainedMixin, nn.Module):
     """Causal residual pre-norm stack of Mamba blocks: (B, L, D) -> (B, L, D).
 
     Args:
-        d_model (int): D.  n_layer (int): number of blocks.
-        d_state (int, 16), d_conv (int, 4), expand (int, 2): passed to each ``Mamba``.
-        norm_eps (float, 1e-5): RMSNorm epsilon.
-        chunk_size (int, 16384): with gradients off, inputs longer than this are processed
-            in chunks of this many steps that pass state (bounded memory at any length).
-        dt_rank (int or "auto"), conv_bias (bool, True), bias (bool, False): passed to each
-            ``Mamba`` (published checkpoints set them; see ``core.hub``).
+        config (MambaBackboneConfig): d_model (D), n_layer; d_state, d_conv, expand, dt_rank,
+            conv_bias and bias of each ``Mamba`` (published checkpoints set the last three;
+            see ``core.hub``); norm_eps of the RMSNorms; chunk_size: with gradients off,
+            inputs longer than this are processed in chunks of this many steps that pass
+            state (bounded memory at any length).
+        device, dtype (optional): where and in what dtype the parameters are made.
 
     ``grad_checkpoint`` (attribute, False; ``set_grad_checkpointing(model)`` sets it): with
     gradients on, each block's activations are recomputed in the backward pass
     (``torch.utils.checkpoint``) instead of stored, so training memory holds one block's
     activations plus the (B, L, D) residual of every block.
 
-    The recurrent state of the stack is a list with one ``MambaState`` per layer.
+    The recurrent state is an ``InferenceCache`` whose ``layers`` hold each block's cache.
 
-    >>> bb = MambaBackbone(64, n_layer=4)
-    >>> y = bb(torch.randn(2, 1000, 64))                        # (2, 1000, 64)
-    >>> y1, st = bb(x[:, :500], return_state=True); y2 = bb(x[:, 500:], state=st)
-    >>> cache = bb.allocate_cache(2); y_t = bb.step(x[:, 0], cache)   # (2, 64)
+    >>> bb = MambaBackbone(MambaBackboneConfig(d_model=32, n_layer=2))
+    >>> x = torch.randn(2, 100, 32)
+    >>> y = bb(x); y.shape
+    torch.Size([2, 100, 32])
+    >>> y1, st = bb(x[:, :60], return_state=True); y2 = bb(x[:, 60:], state=st)
+    >>> torch.allclose(torch.cat([y1, y2], 1), y, atol=1e-5)   # the second chunk continues
+    True
+    >>> cache = bb.allocate_cache(2); y_t = bb.step(x[:, 0], cache); y_t.shape
+    torch.Size([2, 32])
+    >>> torch.allclose(y_t, y[:, 0], atol=1e-5)
+    True
     """
 
     config_class = MambaBackboneConfig
 
-    def __init__(self, d_model, n_layer, d_state=16, d_conv=4, expand=2, norm_eps=1e-5,
-                 chunk_size=DEFAULT_CHUNK, dt_rank="auto", conv_bias=True, bias=False,
-                 device=None, dtype=None):
-        super().__init__()
-        self.config = MambaBackboneConfig(d_model, n_layer, d_state, d_conv, expand, norm_eps,
-                                          chunk_size, dt_rank, conv_bias, bias)
+    def __init__(self, config: MambaBackboneConfig, *, device=None, dtype=None):
+        super().__init__(config)
         factory = {"device": device, "dtype": dtype}
-        self.d_model, self.n_layer, self.chunk_size = d_model, n_layer, chunk_size
+        self.d_model, self.n_layer = config.d_model, config.n_layer
+        self.chunk_size = config.chunk_size
         self.grad_checkpoint = False
         self.layers = nn.ModuleList(
-            Block(d_model, Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand,
-                                 dt_rank=dt_rank, conv_bias=conv_bias, bias=bias, **factory),
-                  norm_eps, **factory)
-            for _ in range(n_layer))
-        self.norm_f = RMSNorm(d_model, eps=norm_eps, **factory)
-        init_backbone_weights(self, n_layer)
+            Block(config.d_model,
+                  Mamba(config.d_model, d_state=config.d_state, d_conv=config.d_conv,
+                        expand=config.expand, dt_rank=config.dt_rank,
+                        conv_bias=config.conv_bias, bias=config.bias, **factory),
+                  norm_eps=config.norm_eps, **factory)
+            for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, **factory)
+        init_backbone_weights(self, config.n_layer)
 
     def allocate_cache(self, batch_size, device=None, dtype=None):
-        """Zero recurrent state: a list of ``n_layer`` ``MambaState``."""
-        return [blk.mixer.allocate_cache(batch_size, device=device, dtype=dtype)
-                for blk in self.layers]
+        """Zero recurrent state: ``InferenceCache(layers=[one Mamba cache per block])``."""
+        return InferenceCache(layers=[blk.mixer.allocate_cache(batch_size, device=device,
+                                                               dtype=dtype)
+                                      for blk in self.layers])
 
     def forward(self, x, state=None, return_state=False, mask=None):
         """x (B, L, D) -> y (B, L, D), causal.
 
         Args:
-            state (list[MambaState], optional): continue from a previous chunk's state.
-            return_state (bool, False): also return the state after the last step.
+            state (InferenceCache, optional): continue from a previous chunk's state (or
+                a cache ``step`` left); it is not modified.
+            return_state (bool, False): also return the state after the last step (a new
+                ``InferenceCache``, which ``step`` can continue from).
             mask (B, L), optional: padding mask, True on real steps. It must be
                 right-padded; being causal, the stack then needs nothing more for the real
                 steps to match those of the unpadded sequence (padded steps are not zeroed).
@@ -184,30 +195,25 @@ class MambaBackbone(PretrainedMixin, nn.Module):
         return (y, state) if return_state else y
 
     def _forward_whole(self, x, state):
-        """All layers over x (B, L, D) at once; returns y and the list of new states."""
+        """All layers over x (B, L, D) at once; returns y and the new state."""
         residual = x.float()                                              # (B, L, D)
         recompute = self.grad_checkpoint and torch.is_grad_enabled()
         new_state = []
         for i, blk in enumerate(self.layers):
-            layer_state = None if state is None else state[i]
+            layer_state = None if state is None else state.layers[i]
             if recompute:
                 residual, s = checkpoint(_block_forward, blk, residual, layer_state, x.dtype,
                                          use_reentrant=False)
             else:
                 residual, s = _block_forward(blk, residual, layer_state, x.dtype)
             new_state.append(s)
-        return self.norm_f(residual).to(x.dtype), new_state
+        return self.norm_f(residual).to(x.dtype), InferenceCache(layers=new_state)
 
     def step(self, x_t, cache):
         """One step: x_t (B, D) -> y_t (B, D); ``cache`` (from ``allocate_cache`` or a
         returned state) is updated in place."""
         residual = x_t.to(torch.float32, copy=True)       # the blocks add into it in place
-        for blk, layer_cache in zip(self.layers, cache):
+        for blk, layer_cache in zip(self.layers, cache.layers):
             residual = blk.step(residual, layer_cache)
         return self.norm_f(residual).to(x_t.dtype)
 
-
-def clone_state(state):
-    """A fresh, contiguous copy of a list of ``MambaState`` (e.g. to ``step`` from the state
-    a ``forward(..., return_state=True)`` returned, without aliasing its tensors)."""
-    return [MambaState(conv=s.conv.contiguous().clone(), ssm=s.ssm.clone()) for s in state]

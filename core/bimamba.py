@@ -42,8 +42,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .backbone import DEFAULT_CHUNK, Block, init_backbone_weights, lengths_from_mask
 from .mamba import Mamba
+from .model_folder import PretrainedMixin, register_model_class
 from .norm import RMSNorm
-from .pretrained import PretrainedMixin
 
 
 class BiMamba(nn.Module):
@@ -53,7 +53,7 @@ class BiMamba(nn.Module):
     modules; ``parameters()`` counts them once, and checkpoints store them once.
     """
 
-    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, device=None, dtype=None):
+    def __init__(self, d_model, *, d_state=16, d_conv=4, expand=2, device=None, dtype=None):
         super().__init__()
         kw = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "device": device,
               "dtype": dtype}
@@ -86,12 +86,13 @@ def reverse_within(x, lengths=None):
 
 def reverse_complement_hidden(h, lengths=None):
     """RC of a hidden sequence in the RC-equivariant layout: reversed along L (within each
-    length) and along channels. ``BiMambaBackbone(rc_equivariant=True)`` commutes with it."""
+    length) and along channels. An ``rc_equivariant`` ``BiMambaBackbone`` commutes with it."""
     return reverse_within(h, lengths).flip(-1)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BiMambaBackboneConfig:
+    """Architecture of a ``BiMambaBackbone`` (what its config.json holds)."""
     d_model: int                      # D (even when rc_equivariant: two halves of D/2)
     n_layer: int
     d_state: int = 16                 # N
@@ -101,47 +102,55 @@ class BiMambaBackboneConfig:
     chunk_size: int = DEFAULT_CHUNK   # steps per chunk of a gradient-free long forward
     rc_equivariant: bool = False      # Caduceus RCPS channel-split parameter sharing
 
+    def __post_init__(self):
+        if self.rc_equivariant and self.d_model % 2:
+            raise ValueError(f"rc_equivariant needs an even d_model, got {self.d_model}")
 
+
+@register_model_class
 class BiMambaBackbone(PretrainedMixin, nn.Module):
     """Bidirectional residual pre-norm stack of BiMamba mixers: (B, L, D) -> (B, L, D).
 
     Args:
-        d_model (int): D.  n_layer (int): number of layers.
-        d_state (int, 16), d_conv (int, 4), expand (int, 2): of each direction's Mamba.
-        norm_eps (float, 1e-5), chunk_size (int, 16384): as in ``MambaBackbone``.
-        rc_equivariant (bool, False): channel-split parameter sharing so that the stack
-            commutes with ``reverse_complement_hidden`` (each mixer is D/2 wide and used
-            twice, so the parameter count is that of a D/2 model).
+        config (BiMambaBackboneConfig): d_model (D), n_layer; d_state, d_conv, expand of
+            each direction's Mamba; norm_eps, chunk_size as in ``MambaBackbone``;
+            rc_equivariant: channel-split parameter sharing so that the stack commutes with
+            ``reverse_complement_hidden`` (each mixer is D/2 wide and used twice, so the
+            parameter count is that of a D/2 model).
+        device, dtype (optional): where and in what dtype the parameters are made.
 
     ``grad_checkpoint`` (attribute, False; ``set_grad_checkpointing(model)`` sets it): as in
     ``MambaBackbone``, each layer's activations are recomputed in the backward pass.
 
     There is no ``step``: every output depends on the whole sequence.
 
-    >>> bb = BiMambaBackbone(64, n_layer=4, rc_equivariant=True)
-    >>> y = bb(torch.randn(2, 1000, 64), mask=mask)              # (2, 1000, 64)
+    >>> bb = BiMambaBackbone(BiMambaBackboneConfig(d_model=32, n_layer=2, rc_equivariant=True))
+    >>> x = torch.randn(2, 64, 32)
+    >>> mask = torch.ones(2, 64, dtype=torch.bool); mask[1, 40:] = False   # row 1: 40 steps
+    >>> bb(x, mask=mask).shape
+    torch.Size([2, 64, 32])
+    >>> rc = reverse_complement_hidden
+    >>> torch.allclose(bb(rc(x)), rc(bb(x)), atol=1e-5)       # RC-equivariant
+    True
     """
 
     config_class = BiMambaBackboneConfig
 
-    def __init__(self, d_model, n_layer, d_state=16, d_conv=4, expand=2, norm_eps=1e-5,
-                 chunk_size=DEFAULT_CHUNK, rc_equivariant=False, device=None, dtype=None):
-        super().__init__()
-        if rc_equivariant and d_model % 2:
-            raise ValueError(f"rc_equivariant needs an even d_model, got {d_model}")
-        self.config = BiMambaBackboneConfig(d_model, n_layer, d_state, d_conv, expand,
-                                            norm_eps, chunk_size, rc_equivariant)
+    def __init__(self, config: BiMambaBackboneConfig, *, device=None, dtype=None):
+        super().__init__(config)
         factory = {"device": device, "dtype": dtype}
-        self.d_model, self.n_layer, self.chunk_size = d_model, n_layer, chunk_size
-        self.rc_equivariant = rc_equivariant
-        self.width = d_model // 2 if rc_equivariant else d_model
+        self.d_model, self.n_layer = config.d_model, config.n_layer
+        self.chunk_size = config.chunk_size
+        self.rc_equivariant = config.rc_equivariant
+        self.width = config.d_model // 2 if config.rc_equivariant else config.d_model
         self.layers = nn.ModuleList(
-            Block(self.width, BiMamba(self.width, d_state, d_conv, expand, **factory),
-                  norm_eps, **factory)
-            for _ in range(n_layer))
-        self.norm_f = RMSNorm(self.width, eps=norm_eps, **factory)
+            Block(self.width, BiMamba(self.width, d_state=config.d_state, d_conv=config.d_conv,
+                                      expand=config.expand, **factory),
+                  norm_eps=config.norm_eps, **factory)
+            for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(self.width, eps=config.norm_eps, **factory)
         self.grad_checkpoint = False           # per-layer activation checkpointing (training)
-        init_backbone_weights(self, n_layer)
+        init_backbone_weights(self, config.n_layer)
 
     def _terms(self, mixer):
         """(direction's Mamba, reversed?, channel half) of the sums that make a layer.

@@ -12,10 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import DEFAULT_CHUNK, MambaBackbone, clone_state, lengths_from_mask
-from .bimamba import BiMambaBackbone, reverse_within
-from .pretrained import PretrainedMixin
-from .sampling import sample_logits
+from .backbone import DEFAULT_CHUNK, MambaBackbone, MambaBackboneConfig, lengths_from_mask
+from .bimamba import BiMambaBackbone, BiMambaBackboneConfig, reverse_within
+from .config import sub_config
+from .model_folder import PretrainedMixin, register_model_class
+from .sampling import generate
 
 POOLINGS = ("mean", "last", "max")
 
@@ -150,9 +151,9 @@ class NgramEmbedding(nn.Module):
         return self.token(ids) + self.ngram(self.ngram_ids(ids))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenModelConfig:
-    """The fields every token model shares (its constructor's leading arguments)."""
+    """The fields every token model shares (the domain heads extend it)."""
     vocab_size: int                   # V
     d_model: int                      # D
     n_layer: int
@@ -162,39 +163,45 @@ class TokenModelConfig:
     norm_eps: float = 1e-5
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MambaLMConfig(TokenModelConfig):
+    """Architecture of a ``MambaLM`` (what its config.json holds)."""
     chunk_size: int = DEFAULT_CHUNK
     dt_rank: Union[int, str] = "auto"  # R; "auto" = ceil(D / 16)
     conv_bias: bool = True
     bias: bool = False                # biases of in_proj and out_proj
 
 
+@register_model_class
 class MambaLM(PretrainedMixin, nn.Module):
     """Next-token language model: embedding -> causal ``MambaBackbone`` -> tied LM head.
 
     Args:
-        vocab_size (int): V.  d_model (int): D.  n_layer (int).
-        d_state, d_conv, expand, norm_eps, chunk_size, dt_rank, conv_bias, bias: as in
-            ``MambaBackbone``.
+        config (MambaLMConfig): vocab_size (V), d_model (D), n_layer; d_state, d_conv,
+            expand, norm_eps, chunk_size, dt_rank, conv_bias, bias as in
+            ``MambaBackboneConfig``.
+        device, dtype (optional): where and in what dtype the parameters are made.
 
-    >>> lm = MambaLM(vocab_size=16, d_model=128, n_layer=4)
-    >>> logits = lm(ids)                                            # (B, L, V)
-    >>> cache = lm.allocate_cache(2); logits_t = lm.step(ids[:, 0], cache)   # (B, V)
-    >>> out = lm.generate(prompt, 100, temperature=0.8, top_p=0.9, generator=g)
+    >>> lm = MambaLM(MambaLMConfig(vocab_size=16, d_model=32, n_layer=2))
+    >>> ids = torch.randint(0, 16, (2, 32))
+    >>> logits = lm(ids); logits.shape                              # (B, L, V)
+    torch.Size([2, 32, 16])
+    >>> cache = lm.allocate_cache(2); logits_t = lm.step(ids[:, 0], cache); logits_t.shape
+    torch.Size([2, 16])
+    >>> torch.allclose(logits_t, logits[:, 0], atol=1e-4)           # step = forward, causal
+    True
+    >>> g = torch.Generator().manual_seed(0)
+    >>> lm.generate(ids[:, :5], 10, temperature=0.8, top_p=0.9, generator=g).shape
+    torch.Size([2, 15])
     """
 
     config_class = MambaLMConfig
 
-    def __init__(self, vocab_size, d_model, n_layer, d_state=16, d_conv=4, expand=2,
-                 norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, dt_rank="auto", conv_bias=True,
-                 bias=False, device=None, dtype=None):
-        super().__init__()
-        self.config = MambaLMConfig(vocab_size, d_model, n_layer, d_state, d_conv, expand,
-                                    norm_eps, chunk_size, dt_rank, conv_bias, bias)
-        self.embedding = token_embedding(vocab_size, d_model, device=device, dtype=dtype)
-        self.backbone = MambaBackbone(d_model, n_layer, d_state, d_conv, expand, norm_eps,
-                                      chunk_size, dt_rank, conv_bias, bias, device=device,
+    def __init__(self, config: MambaLMConfig, *, device=None, dtype=None):
+        super().__init__(config)
+        self.embedding = token_embedding(config.vocab_size, config.d_model, device=device,
+                                         dtype=dtype)
+        self.backbone = MambaBackbone(sub_config(MambaBackboneConfig, config), device=device,
                                       dtype=dtype)
 
     def lm_head(self, h):
@@ -202,7 +209,8 @@ class MambaLM(PretrainedMixin, nn.Module):
         return F.linear(h, self.embedding.weight).float()
 
     def forward(self, ids, state=None, return_state=False):
-        """ids (B, L) -> logits (B, L, V); ``state``/``return_state`` as in the backbone."""
+        """ids (B, L) -> logits (B, L, V); ``state``/``return_state`` as in the backbone
+        (an ``InferenceCache``)."""
         h, state = self.backbone(self.embedding(ids), state=state, return_state=True)
         logits = self.lm_head(h)
         return (logits, state) if return_state else logits
@@ -214,92 +222,39 @@ class MambaLM(PretrainedMixin, nn.Module):
         return h if pooling is None else pool_hidden(h, mask, pooling)
 
     def allocate_cache(self, batch_size, device=None, dtype=None):
-        """Zero recurrent state for ``step`` (a list of per-layer ``MambaState``)."""
+        """Zero recurrent state for ``step``: the backbone's ``InferenceCache``."""
         return self.backbone.allocate_cache(batch_size, device=device, dtype=dtype)
 
     def step(self, ids_t, cache):
         """One token per row: ids_t (B,) -> logits (B, V); ``cache`` is updated in place."""
         return self.lm_head(self.backbone.step(self.embedding(ids_t), cache))
 
-    @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  generator=None, lengths=None, mask=None, pad_id=0):
-        """Continue each prompt of ``prompt_ids`` (B, L0) by ``max_new_tokens`` sampled tokens.
-
-        Prompts of different lengths come right-padded to L0 with their ``lengths`` (or a
-        padding ``mask``); each row continues from its own last real token. The common
-        prefix (the shortest prompt) is read in one parallel (chunked if long) forward that
-        returns the recurrent state; after it, every row advances one ``step`` per token,
-        feeding its own prompt while it lasts and its samples after: O(1) time and memory
-        per token, and a row's tokens are those it would get generated alone (greedy; a
-        sampled row draws from the same distribution, not the same random numbers).
-
-        Args:
-            temperature (float, 1.0): 0 = greedy.  top_k (int), top_p (float): filters.
-            generator (torch.Generator, optional): same generator state, same output.
-            lengths (B,) ints in [1, L0], optional: real length of each prompt.
-            mask (B, L0), optional: True on real prompt tokens (right-padded), instead of
-                ``lengths``.
-            pad_id (int, 0): fills each row after its last token.
+        """Continue each prompt of ``prompt_ids`` (B, L0) by ``max_new_tokens`` sampled tokens:
+        ``core.sampling.generate`` of this model (see there), whose common prompt prefix
+        is read by one parallel forward.
 
         Returns:
-            (B, L0 + max_new_tokens) long: row i holds its lengths[i] prompt tokens, its
-            ``max_new_tokens`` new ones, then ``pad_id`` (none without lengths/mask).
+            (B, L0 + max_new_tokens) long.
 
-        >>> out = lm.generate(padded, 50, temperature=0, lengths=torch.tensor([12, 30]))
+        >>> lm = MambaLM(MambaLMConfig(vocab_size=16, d_model=32, n_layer=2))
+        >>> padded = torch.randint(1, 16, (2, 30)); padded[0, 12:] = 0   # prompts of 12, 30
+        >>> out = lm.generate(padded, 5, temperature=0, lengths=torch.tensor([12, 30]))
+        >>> out.shape
+        torch.Size([2, 35])
+        >>> alone = lm.generate(padded[:1, :12], 5, temperature=0)       # (1, 17)
+        >>> torch.equal(out[0, :17], alone[0])              # row 0 as if generated alone
+        True
         """
-        if prompt_ids.dim() != 2 or prompt_ids.shape[1] == 0:
-            raise ValueError(f"prompt_ids must be (batch, length >= 1), got "
-                             f"{tuple(prompt_ids.shape)}")
-        batch, length = prompt_ids.shape
-        lengths = prompt_lengths(prompt_ids, lengths, mask)
-        start = int(lengths.min())
-        logits, state = self(prompt_ids[:, :start], return_state=True)
-        cache = clone_state(state)
-        logits_t = logits[:, -1]
-        out = prompt_ids.new_full((batch, length + max_new_tokens), pad_id)
-        out[:, :length] = prompt_ids
-        last = lengths + max_new_tokens                # (B,) one past each row's last token
-        n_steps = length - start + max_new_tokens      # tokens placed after the prefix
-        for i in range(n_steps):
-            pos = start + i
-            in_prompt = pos < lengths                                            # (B,)
-            tok = out[:, pos].clone() if pos < length else out.new_zeros(batch)
-            if bool(in_prompt.all()):
-                pass
-            elif not bool(in_prompt.any()):
-                tok = sample_logits(logits_t, temperature, top_k, top_p, generator)   # (B,)
-            else:
-                free = ~in_prompt
-                tok[free] = sample_logits(logits_t[free], temperature, top_k, top_p,
-                                          generator)
-            out[:, pos] = torch.where(pos < last, tok, out.new_tensor(pad_id))
-            if i + 1 < n_steps:
-                logits_t = self.step(tok, cache)
-        return out
+        return generate(self, prompt_ids, max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, generator=generator, lengths=lengths,
+                        mask=mask, pad_id=pad_id)
 
 
-def prompt_lengths(prompt_ids, lengths=None, mask=None):
-    """The real length (B,) long of each right-padded prompt: from ``lengths`` or ``mask``,
-    else all L0. Raises ValueError when both are given or a length is outside [1, L0]."""
-    batch, length = prompt_ids.shape
-    if lengths is not None and mask is not None:
-        raise ValueError("generate: give lengths or mask, not both")
-    if mask is not None:
-        lengths = lengths_from_mask(mask, length)
-    if lengths is None:
-        return torch.full((batch,), length, dtype=torch.long, device=prompt_ids.device)
-    lengths = torch.as_tensor(lengths, dtype=torch.long, device=prompt_ids.device)
-    if lengths.shape != (batch,):
-        raise ValueError(f"generate: lengths must be ({batch},), got {tuple(lengths.shape)}")
-    if bool((lengths < 1).any()) or bool((lengths > length).any()):
-        raise ValueError(f"generate: every prompt length must be in [1, {length}], got "
-                         f"{lengths.tolist()}")
-    return lengths
-
-
-@dataclass
+@dataclass(kw_only=True)
 class SequenceClassifierConfig:
+    """Architecture and prediction rule of a ``SequenceClassifier`` (its config.json)."""
     vocab_size: int                   # V
     d_model: int                      # D
     n_layer: int
@@ -317,76 +272,86 @@ class SequenceClassifierConfig:
     ngram_letters: Optional[list] = None  # token id -> letter index or -1 (ngram only)
     strand_average: bool = False      # log_probs: mean over a window and its RC (needs complement)
 
+    def __post_init__(self):
+        if self.strand_average and (self.rc_equivariant or self.complement is None):
+            raise ValueError("strand_average needs the token complement map `complement` and "
+                             "is redundant with rc_equivariant (already RC-invariant)")
+        if self.ngram and (self.rc_equivariant or self.ngram_letters is None):
+            raise ValueError("ngram needs ngram_letters and does not go with rc_equivariant")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.rc_equivariant:
+            if not self.bidirectional:
+                raise ValueError("rc_equivariant needs bidirectional=True")
+            if self.complement is None:
+                raise ValueError("rc_equivariant needs the token complement map `complement`")
+            if self.pooling == "last":
+                raise ValueError("pooling='last' is not RC-invariant; use 'mean' or 'max'")
+        if self.complement is not None:
+            self.complement = [int(c) for c in self.complement]
+        if self.ngram_letters is not None:
+            self.ngram_letters = [int(i) for i in self.ngram_letters]
 
+
+@register_model_class
 class SequenceClassifier(PretrainedMixin, nn.Module):
     """Embedding -> causal or bidirectional backbone -> pooling over a mask -> linear.
 
     Args:
-        vocab_size (int), d_model (int), n_layer (int), num_classes (int).
-        pooling (str, "mean"): "mean", "last" or "max" over the real steps.
-        bidirectional (bool, False): ``BiMambaBackbone`` rather than ``MambaBackbone``.
-        rc_equivariant (bool, False): needs ``bidirectional`` and ``complement``; the
-            embedding and backbone are RC-equivariant and the head reads the symmetrised
-            features h[:, :, :D/2] + flip(h[:, :, D/2:]) so that the logits are exactly
-            RC-invariant ("last" is refused: RC moves the last step to the first).
-        complement (list[int], optional): the complement of each token id.
-        d_state, d_conv, expand, norm_eps, chunk_size: as in the backbones.
-        ngram (int, 0), ngram_letters (list[int]): with ngram > 0 the input embedding is an
-            ``NgramEmbedding`` (token + n-gram of letters ending at each position); not with
-            rc_equivariant.
-        strand_average (bool, False): ``log_probs`` averages the class log-probabilities of
-            each window and of its reverse complement (for a model trained on both strands;
-            needs ``complement``; an rc_equivariant model is RC-invariant already).
+        config (SequenceClassifierConfig):
+            vocab_size, d_model, n_layer, num_classes (C).
+            pooling ("mean"): "mean", "last" or "max" over the real steps.
+            bidirectional (False): ``BiMambaBackbone`` rather than ``MambaBackbone``.
+            rc_equivariant (False): needs ``bidirectional`` and ``complement``; the
+                embedding and backbone are RC-equivariant and the head reads the symmetrised
+                features h[:, :, :D/2] + flip(h[:, :, D/2:]) so that the logits are exactly
+                RC-invariant ("last" is refused: RC moves the last step to the first).
+            complement (list[int]): the complement of each token id.
+            d_state, d_conv, expand, norm_eps, chunk_size: as in the backbones.
+            ngram (0), ngram_letters (list[int]): with ngram > 0 the input embedding is an
+                ``NgramEmbedding`` (token + n-gram of letters ending at each position); not
+                with rc_equivariant.
+            strand_average (False): ``log_probs`` averages the class log-probabilities of
+                each window and of its reverse complement (for a model trained on both
+                strands; needs ``complement``; an rc_equivariant model is RC-invariant
+                already).
+        device, dtype (optional): where and in what dtype the parameters are made.
 
-    >>> clf = SequenceClassifier(16, 64, 4, num_classes=10, bidirectional=True,
-    ...                          rc_equivariant=True, complement=tokenizer.complement_ids)
-    >>> logits = clf(ids, mask)                                      # (B, C)
+    >>> clf = SequenceClassifier(SequenceClassifierConfig(
+    ...     vocab_size=4, d_model=32, n_layer=2, num_classes=3, bidirectional=True,
+    ...     rc_equivariant=True, complement=[3, 2, 1, 0]))   # token ids of A C G T
+    >>> ids = torch.randint(0, 4, (2, 50))
+    >>> mask = torch.ones(2, 50, dtype=torch.bool); mask[1, 30:] = False   # row 1: 30 steps
+    >>> clf(ids, mask).shape                                         # (B, C)
+    torch.Size([2, 3])
+    >>> rc = (3 - ids).flip(-1)                                      # reverse complements
+    >>> torch.allclose(clf(rc), clf(ids), atol=1e-5)                 # RC-invariant logits
+    True
     """
 
     config_class = SequenceClassifierConfig
 
-    def __init__(self, vocab_size, d_model, n_layer, num_classes, pooling="mean",
-                 bidirectional=False, rc_equivariant=False, complement=None, d_state=16,
-                 d_conv=4, expand=2, norm_eps=1e-5, chunk_size=DEFAULT_CHUNK, ngram=0,
-                 ngram_letters=None, strand_average=False, device=None, dtype=None):
-        super().__init__()
-        if strand_average and (rc_equivariant or complement is None):
-            raise ValueError("strand_average needs the token complement map `complement` and "
-                             "is redundant with rc_equivariant (already RC-invariant)")
-        if ngram and (rc_equivariant or ngram_letters is None):
-            raise ValueError("ngram needs ngram_letters and does not go with rc_equivariant")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if rc_equivariant:
-            if not bidirectional:
-                raise ValueError("rc_equivariant needs bidirectional=True")
-            if complement is None:
-                raise ValueError("rc_equivariant needs the token complement map `complement`")
-            if pooling == "last":
-                raise ValueError("pooling='last' is not RC-invariant; use 'mean' or 'max'")
-        complement = None if complement is None else [int(c) for c in complement]
-        self.config = SequenceClassifierConfig(
-            vocab_size, d_model, n_layer, num_classes, pooling, bidirectional, rc_equivariant,
-            complement, d_state, d_conv, expand, norm_eps, chunk_size, ngram,
-            None if ngram_letters is None else [int(i) for i in ngram_letters], strand_average)
+    def __init__(self, config: SequenceClassifierConfig, *, device=None, dtype=None):
+        super().__init__(config)
         factory = {"device": device, "dtype": dtype}
-        if strand_average:     # not saved with the weights: rebuilt from the config
-            self.register_buffer("strand_complement", torch.tensor(complement, device=device),
+        if config.strand_average:     # not saved with the weights: rebuilt from the config
+            self.register_buffer("strand_complement",
+                                 torch.tensor(config.complement, device=device),
                                  persistent=False)
-        if ngram:
-            self.embedding = NgramEmbedding(vocab_size, d_model, ngram, ngram_letters, **factory)
+        if config.ngram:
+            self.embedding = NgramEmbedding(config.vocab_size, config.d_model, config.ngram,
+                                            config.ngram_letters, **factory)
         else:
-            self.embedding = token_embedding(vocab_size, d_model,
-                                             complement if rc_equivariant else None, **factory)
-        kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, norm_eps=norm_eps,
-                  chunk_size=chunk_size, **factory)
-        if bidirectional:
-            self.backbone = BiMambaBackbone(d_model, n_layer, rc_equivariant=rc_equivariant,
-                                            **kw)
+            self.embedding = token_embedding(
+                config.vocab_size, config.d_model,
+                config.complement if config.rc_equivariant else None, **factory)
+        if config.bidirectional:
+            self.backbone = BiMambaBackbone(sub_config(BiMambaBackboneConfig, config),
+                                            **factory)
         else:
-            self.backbone = MambaBackbone(d_model, n_layer, **kw)
-        self.feature_dim = d_model // 2 if rc_equivariant else d_model
-        self.head = nn.Linear(self.feature_dim, num_classes, **factory)
+            self.backbone = MambaBackbone(sub_config(MambaBackboneConfig, config), **factory)
+        self.feature_dim = config.d_model // 2 if config.rc_equivariant else config.d_model
+        self.head = nn.Linear(self.feature_dim, config.num_classes, **factory)
 
     def hidden(self, ids, mask=None):
         """Per-position backbone output (B, L, D) (RC-equivariant when ``rc_equivariant``)."""

@@ -20,9 +20,15 @@ A source folder is read as downloaded from the hub: ``config.json`` and ``model.
 (or a sharded ``model.safetensors.index.json``) or ``pytorch_model.bin``; a pickled ``.bin``
 is read with ``torch.load(weights_only=True)`` only, which cannot run code.
 
->>> config, state = read_hub_folder("mamba-130m-hf")
->>> lm = mamba_lm_from_hf(config, state)          # core.MambaLM, logits as transformers'
->>> export_hf_mamba(lm, "out/mamba-hf")            # a folder transformers loads
+>>> lm = MambaLM(MambaLMConfig(vocab_size=16, d_model=32, n_layer=2))
+>>> export_hf_mamba(lm, "mamba-hf")                # a folder transformers loads
+>>> config, state = read_hub_folder("mamba-hf")    # or one downloaded, e.g. mamba-130m-hf
+>>> config["model_type"], config["hidden_size"], config["num_hidden_layers"]
+('mamba', 32, 2)
+>>> back = mamba_lm_from_hf(config, state)         # core.MambaLM, logits as transformers'
+>>> ids = torch.randint(0, 16, (2, 10))
+>>> torch.equal(back(ids), lm(ids))
+True
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from .heads import MambaLM
+from .heads import MambaLM, MambaLMConfig
 from .atomic import atomic_dir
 
 FORMATS = ("hf-mamba", "mamba-ssm", "caduceus", "mambaseq")
@@ -159,7 +165,8 @@ def detect_format(config, src="SRC"):
     if model_type is None and {"d_model", "n_layer", "vocab_size"} <= set(config):
         return "mamba-ssm"
     raise ConversionError(f"{src}/config.json: cannot tell the layout (model_type "
-                          f"{model_type!r}); pass --from hf-mamba, mamba-ssm or caduceus")
+                          f"{model_type!r}); name the source format: hf-mamba, mamba-ssm or "
+                          "caduceus")
 
 
 # -- helpers shared by the converters -------------------------------------------------------
@@ -205,17 +212,19 @@ def check_layer_count(state, prefix, n_layer, key, src):
 
 
 def build_converted(cls, options, weights, src, dtype=torch.float32):
-    """``cls(**options)`` with ``weights`` loaded exactly: every parameter given, nothing left
-    over, every shape the one the options imply. The names and shapes are checked on a model
-    without memory (the meta device) before the real one is built, so a config.json that
-    disagrees with its weights (a width of 8000 beside a small file) allocates nothing.
+    """``cls(cls.config_class(**options))`` with ``weights`` loaded exactly: every parameter
+    given, nothing left over, every shape the one the options imply. The names and shapes
+    are checked on a model without memory (the meta device) before the real one is built, so
+    a config.json that disagrees with its weights (a width of 8000 beside a small file)
+    allocates nothing.
 
     Raises:
         ConversionError: options the class refuses, or naming the first missing or
             unexpected tensor, or a shape mismatch.
     """
     try:
-        expected = cls(**options, device="meta").state_dict()
+        config = cls.config_class(**options)
+        expected = cls(config, device="meta").state_dict()
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConversionError(f"{src}/config.json: does not build a {cls.__name__}: "
@@ -232,7 +241,7 @@ def build_converted(cls, options, weights, src, dtype=torch.float32):
         if tuple(t.shape) != tuple(expected[k].shape):
             raise ConversionError(f"{src}: {k} has shape {tuple(t.shape)}, the config implies "
                                   f"{tuple(expected[k].shape)}")
-    model = cls(**options)
+    model = cls(config)
     model.load_state_dict({k: t.to(dtype) for k, t in weights.items()}, strict=True)
     return model.to(dtype).eval()
 
@@ -378,7 +387,7 @@ def export_hf_mamba(lm, out):
     from safetensors.torch import save_file
 
     if not isinstance(lm, MambaLM):
-        raise ConversionError(f"--to hf-mamba needs a MambaLM, got a {type(lm).__name__}")
+        raise ConversionError(f"exporting to hf-mamba needs a MambaLM, got a {type(lm).__name__}")
     tensors = {"backbone.embeddings.weight": lm.embedding.weight}
     for k, t in lm.backbone.state_dict().items():
         tensors[f"backbone.{k}"] = t

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache import InferenceCache
 from .causal_conv import causal_depthwise_conv
 from .scan import selective_scan
 from .state_update import selective_state_update
@@ -47,20 +47,6 @@ class StepWork:
                    new(batch, dbc_width), new(batch, d_inner), new(batch, d_inner))
 
 
-@dataclass
-class MambaState:
-    """Recurrent state of one Mamba block; also the cache that ``step`` updates in place.
-
-    conv: (B, E, K-1) the last K-1 conv inputs, oldest first.   ssm: (B, E, N) fp32 SSM
-    state (fp64 for an fp64 module). ``forward`` returns one and reads one, so the state
-    after a prompt is a cache ``step`` continues from, and the reverse.
-    work: the step's scratch (``StepWork``), made on the first CPU-kernel step; not state.
-    """
-    conv: torch.Tensor
-    ssm: torch.Tensor
-    work: Optional[StepWork] = field(default=None, repr=False, compare=False)
-
-
 class Mamba(nn.Module):
     """Mamba block with whole-sequence ``forward``, state passing, and recurrent ``step``.
 
@@ -75,12 +61,23 @@ class Mamba(nn.Module):
         dt_init_floor (float, 1e-4): lower clamp of that initial dt.
         conv_bias (bool, True), bias (bool, False): biases of conv1d and of in/out_proj.
 
-    >>> blk = Mamba(64)
-    >>> y = blk(torch.randn(2, 100, 64))                      # (2, 100, 64)
-    >>> cache = blk.allocate_cache(2); y_t = blk.step(torch.randn(2, 64), cache)
+    The recurrent state is an ``InferenceCache`` with ``conv`` (B, E, K-1), the last K-1 conv
+    inputs, oldest first, and ``ssm`` (B, E, N), the fp32 SSM state (fp64 for an fp64
+    module): ``allocate_cache`` makes a zero one, ``step`` updates it in place, and
+    ``forward(..., return_state=True)`` returns the one after its last step (a cache ``step``
+    continues from).
+
+    >>> blk = Mamba(32)
+    >>> x = torch.randn(2, 100, 32)
+    >>> y = blk(x); y.shape
+    torch.Size([2, 100, 32])
+    >>> cache = blk.allocate_cache(2); cache.conv.shape, cache.ssm.shape   # (B, E, K-1), (B, E, N)
+    (torch.Size([2, 64, 3]), torch.Size([2, 64, 16]))
+    >>> y_t = blk.step(x[:, 0], cache); torch.allclose(y_t, y[:, 0], atol=1e-5)
+    True
     """
 
-    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto",
+    def __init__(self, d_model, *, d_state=16, d_conv=4, expand=2, dt_rank="auto",
                  dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, conv_bias=True, bias=False,
                  device=None, dtype=None):
         super().__init__()
@@ -114,15 +111,20 @@ class Mamba(nn.Module):
         self._A_cache = None            # (key, -exp(A_log)) for step; see inference_A
 
     def allocate_cache(self, batch_size, device=None, dtype=None):
-        """Zero state for ``batch_size`` sequences: conv in the module's dtype, ssm in fp32
-        (fp64 for an fp64 module)."""
+        """Zero state for ``batch_size`` sequences: ``InferenceCache(conv (B, E, K-1) in the
+        module's dtype (or ``dtype``), ssm (B, E, N) fp32 (fp64 for an fp64 module))``; its
+        ``work`` entry holds the CPU step kernel's scratch once a step has made it."""
+        conv, ssm = self._zero_state(batch_size, device, dtype)
+        return InferenceCache(conv=conv, ssm=ssm, work=None)
+
+    def _zero_state(self, batch_size, device=None, dtype=None):
+        """Zero conv (B, E, K-1) and ssm (B, E, N) state tensors (see ``allocate_cache``)."""
         weight = self.conv1d.weight
         device = device or weight.device
         ssm_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        return MambaState(
-            conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device,
-                             dtype=dtype or weight.dtype),
-            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+        return (torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device,
+                            dtype=dtype or weight.dtype),
+                torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
                             dtype=ssm_dtype))
 
     def _ssm_params(self, x):
@@ -131,8 +133,9 @@ class Mamba(nn.Module):
         return F.linear(dt, self.dt_proj.weight), B, C
 
     def forward(self, x, state=None, return_state=False):
-        """x (B, L, D) -> y (B, L, D); with ``state`` (a MambaState from a previous chunk)
-        the sequence continues from it. ``return_state=True`` also returns the new state."""
+        """x (B, L, D) -> y (B, L, D); with ``state`` (the ``InferenceCache`` of a previous
+        chunk, or a cache ``step`` left) the sequence continues from it (it is not modified).
+        ``return_state=True`` also returns the state after the last step, a new cache."""
         batch, length, _ = x.shape
         # Channel-major throughout: in_proj multiplies from the left (bmm of the expanded
         # weight with x's transposed view: no copy), so x and z come out (B, E, L) with unit
@@ -143,9 +146,9 @@ class Mamba(nn.Module):
         # transposed view from the right (bmm again: linear would copy it for a batch > 1).
         xz = self._left_linear(self.in_proj, x.transpose(1, 2))          # (B, 2E, L)
         x, z = xz.chunk(2, dim=1)                                         # (B, E, L) each
-        if state is None:
-            state = self.allocate_cache(batch, device=x.device, dtype=x.dtype)
-        x_padded = torch.cat([state.conv.to(x.dtype), x], dim=-1)         # (B, E, K-1+L)
+        conv_state, ssm_state = (self._zero_state(batch, x.device, x.dtype) if state is None
+                                 else (state.conv, state.ssm))
+        x_padded = torch.cat([conv_state.to(x.dtype), x], dim=-1)         # (B, E, K-1+L)
         new_conv = x_padded[..., x_padded.shape[-1] - (self.d_conv - 1):]
         conv = causal_depthwise_conv if x_padded.device.type == "cpu" else partial(
             F.conv1d, groups=self.d_inner)
@@ -156,12 +159,12 @@ class Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())                                # (E, N)
         y, ssm = selective_scan(
             x, delta, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True, initial_state=state.ssm, return_final_state=True)  # (B, E, L)
+            delta_softplus=True, initial_state=ssm_state, return_final_state=True)  # (B, E, L)
         weight = self.out_proj.weight.t().expand(batch, -1, -1)          # (B, E, D) view
         out = (torch.bmm(y.transpose(1, 2), weight) if self.out_proj.bias is None else
                torch.baddbmm(self.out_proj.bias, y.transpose(1, 2), weight))  # (B, L, D)
         if return_state:
-            return out, MambaState(conv=new_conv, ssm=ssm)
+            return out, InferenceCache(conv=new_conv, ssm=ssm, work=None)
         return out
 
     @staticmethod
@@ -199,7 +202,8 @@ class Mamba(nn.Module):
         return "cpu"
 
     def step(self, x_t, cache, pre_norm=None, add_residual=False):
-        """One token: x_t (B, D) -> y_t (B, D); ``cache`` (a MambaState) is updated in place.
+        """One token: x_t (B, D) -> y_t (B, D); ``cache`` (``allocate_cache``'s) is updated in
+        place.
 
         Args:
             pre_norm (RMSNorm, optional): normalise x_t first (a pre-norm ``Block``'s norm).

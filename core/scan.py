@@ -46,8 +46,20 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         y (B, E, L) in u's dtype (computed in fp32, or fp64 for fp64 inputs), or
         (y, final_state) with final_state in the compute dtype.
 
+    >>> b, e, n, length = 2, 8, 4, 64
+    >>> u, z, B, C = (torch.randn(b, e, length), torch.randn(b, e, length),
+    ...               torch.randn(b, n, length), torch.randn(b, n, length))
+    >>> delta, A, D = torch.rand(b, e, length) / 10, -torch.rand(e, n), torch.randn(e)
     >>> y, h = selective_scan(u, delta, A, B, C, D, z, return_final_state=True)
-    >>> y2 = selective_scan(u2, delta2, A, B2, C2, D, z2, initial_state=h)  # continues
+    >>> y.shape, h.shape                                   # (B, E, L), (B, E, N)
+    (torch.Size([2, 8, 64]), torch.Size([2, 8, 4]))
+    >>> s, t = slice(0, 40), slice(40, None)               # the same sequence in two chunks
+    >>> y1, h1 = selective_scan(u[..., s], delta[..., s], A, B[..., s], C[..., s], D, z[..., s],
+    ...                         return_final_state=True)
+    >>> y2 = selective_scan(u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
+    ...                     initial_state=h1)              # continues from h1
+    >>> torch.allclose(torch.cat([y1, y2], -1), y, atol=1e-5)
+    True
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name, scan = _backend_for(u.device)

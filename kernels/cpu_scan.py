@@ -14,8 +14,8 @@ import functools
 
 import torch
 
-from . import ops
 from .cpu_build import load_kernel
+from .ops import dense_like, empty, register_op
 from .scan_args import check_scan_args
 
 
@@ -34,6 +34,73 @@ def load_cpu_extension():
                        user="selective_scan")
 
 
+# -- the kernel as custom ops (see kernels.ops) --------------------------------------------
+def _layout_of(like):
+    """An empty (B, E, L) tensor laid out as the C++ kernel lays out its outputs
+    (``empty_in_layout_of``): time-major when ``like``'s time stride is the larger, else
+    channel-major. The fakes must give the strides the kernel gives."""
+    if like.stride(2) > like.stride(1) and like.shape[1] > 1:
+        return like.new_empty(like.shape[0], like.shape[2], like.shape[1]).transpose(1, 2)
+    return like.new_empty(like.shape)
+
+
+def _cpu_scan_fwd(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk,
+                  save_checkpoints):
+    # The kernel reads u, delta, z, B and C through their strides; the rest by pointer.
+    small = [t.contiguous() for t in (A, D, delta_bias, h0)]
+    A, D, delta_bias, h0 = small
+    y, final_state, ckpt = load_cpu_extension().scan_fwd(
+        u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk,
+        save_checkpoints)
+    return y, final_state, ckpt
+
+
+def _cpu_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, has_z, chunk,
+                       save_checkpoints):
+    batch, d_inner, length = u.shape
+    ckpt_shape = ((batch, d_inner, (length + chunk - 1) // chunk, A.shape[1]) if save_checkpoints
+                  else (0,))
+    return _layout_of(z if has_z else u), dense_like(h0), u.new_empty(ckpt_shape)
+
+
+cpu_scan_fwd = register_op(
+    "cpu_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, "
+    "Tensor delta_bias, Tensor h0, bool delta_softplus, bool has_z, int chunk, "
+    "bool save_checkpoints) -> (Tensor, Tensor, Tensor)", _cpu_scan_fwd, _cpu_scan_fwd_fake)
+# cpu_scan_fwd: the C++ forward (inputs in the compute dtype, B/C (B, G, N, L)) -> y (B, E,
+# L) laid out like z (like u without a gate), final state (B, E, N), states entering each
+# chunk (B, E, K, N) (empty unless ``save_checkpoints``).
+
+
+def _cpu_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0, ckpt, delta_softplus,
+                  has_z, chunk, partial_budget):
+    d_final, A, D, delta_bias, h0, ckpt = [t.contiguous()
+                                           for t in (d_final, A, D, delta_bias, h0, ckpt)]
+    return list(load_cpu_extension().scan_bwd(dy, d_final, u, delta, A, B, C, D, z,
+                                              delta_bias, h0, ckpt, delta_softplus, has_z,
+                                              chunk, partial_budget))
+
+
+def _cpu_scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, h0, ckpt,
+                       delta_softplus, has_z, chunk, partial_budget):
+    batch, groups, d_state, length = B.shape
+    bc_grad = u.new_empty(batch, groups, length, d_state)
+    return [_layout_of(u), _layout_of(delta), _layout_of(z) if has_z else empty(u),
+            dense_like(A), bc_grad, bc_grad.new_empty(bc_grad.shape), dense_like(D),
+            dense_like(delta_bias), dense_like(d_final)]
+
+
+cpu_scan_bwd = register_op(
+    "cpu_scan_bwd(Tensor dy, Tensor d_final, Tensor u, Tensor delta, Tensor A, Tensor B, "
+    "Tensor C, Tensor D, Tensor z, Tensor delta_bias, Tensor h0, Tensor ckpt, "
+    "bool delta_softplus, bool has_z, int chunk, int partial_budget) -> Tensor[]",
+    _cpu_scan_bwd, _cpu_scan_bwd_fake)
+# cpu_scan_bwd: the C++ backward -> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias, dh0]; du,
+# ddelta, dz laid out like u, delta, z (dz empty without a gate), dB and dC time-major
+# (B, G, L, N).
+
+
+# -- autograd -----------------------------------------------------------------------------
 def _grouped(bc):
     """(B, N, L) or (B, G, N, L) -> a (B, G, N, L) view, strides kept."""
     return bc.unsqueeze(1) if bc.dim() == 3 else bc
@@ -76,7 +143,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         h0_c = (prep(initial_state).contiguous() if initial_state is not None
                 else u_c.new_zeros(batch, d_inner, d_state))
         needs_grad = any(ctx.needs_input_grad)
-        y, final_state, ckpt = ops.cpu_scan_fwd(
+        y, final_state, ckpt = cpu_scan_fwd(
             u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c,
             delta_softplus, z is not None, CHECKPOINT_CHUNK, needs_grad)
         if needs_grad:
@@ -94,7 +161,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         grad_y = grad_y.to(u_c.dtype)
         grad_final = (grad_final.to(u_c.dtype).contiguous() if grad_final is not None
                       else torch.zeros_like(h0_c))
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = ops.cpu_scan_bwd(
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = cpu_scan_bwd(
             grad_y, grad_final, u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, h0_c, ckpt,
             ctx.delta_softplus, z is not None, CHECKPOINT_CHUNK, PARTIAL_BUDGET)
 

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from . import ops
+from .ops import ALL_BACKENDS, dense_like, empty, register_op
 from .scan_args import check_scan_args
 
 CHUNK_SIZE = 64      # T at most: steps per chunk, and the spacing of the saved states
@@ -533,6 +533,59 @@ def _scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_soft
     return du, ddelta, dz, dA_part.sum(0), dB, dC, dD, dbias, dh0
 
 
+# -- the kernels as custom ops (see kernels.ops) -------------------------------------------
+def _triton_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                     save_checkpoints, *config):
+    return _scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                     save_checkpoints, ScanConfig(*config))
+
+
+def _triton_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                          save_checkpoints, block_n, chunk, *rest_of_config):
+    batch, d_inner, length = u.shape
+    n = triton.cdiv(length, chunk) if save_checkpoints else 0
+    return (dense_like(u), u.new_empty(batch, d_inner, A.shape[1], dtype=torch.float32),
+            u.new_empty(batch, d_inner, n, A.shape[1], dtype=torch.float32))
+
+
+triton_scan_fwd = register_op(
+    "triton_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+    "Tensor? z, Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, "
+    "bool save_checkpoints, int block_n, int chunk, int block_e_fwd, int block_e_bwd, "
+    "int num_warps_fwd, int num_warps_bwd) -> (Tensor, Tensor, Tensor)", _triton_scan_fwd,
+    _triton_scan_fwd_fake, ALL_BACKENDS)
+# triton_scan_fwd: The Triton forward (B/C (B, G, N, L)) -> y (B, E, L) in u's dtype,
+# final state (B, E, N) fp32, chunk states (B, E, K, N) fp32 (K = 0 unless
+# ``save_checkpoints``).
+
+
+def _triton_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus,
+                     *config):
+    grads = _scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt, delta_softplus,
+                      ScanConfig(*config))
+    return [g if g is not None else empty(u) for g in grads]
+
+
+def _triton_scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, ckpt,
+                          delta_softplus, *config):
+    def f32(shape, present=True):
+        return u.new_empty(shape if present else (0,), dtype=torch.float32)
+
+    batch, d_inner, _ = u.shape
+    return [f32(u.shape), f32(u.shape), f32(u.shape, z is not None), f32(A.shape),
+            f32(B.shape), f32(C.shape), f32((d_inner,), D is not None),
+            f32((d_inner,), delta_bias is not None), f32((batch, d_inner, A.shape[1]))]
+
+
+triton_scan_bwd = register_op(
+    "triton_scan_bwd(Tensor dy, Tensor d_final, Tensor u, Tensor delta, Tensor A, Tensor B, "
+    "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor ckpt, bool delta_softplus, "
+    "int block_n, int chunk, int block_e_fwd, int block_e_bwd, int num_warps_fwd, "
+    "int num_warps_bwd) -> Tensor[]", _triton_scan_bwd, _triton_scan_bwd_fake, ALL_BACKENDS)
+# triton_scan_bwd: The Triton backward -> [du, ddelta, dz, dA, dB, dC, dD, ddelta_bias,
+# dh0], fp32; those of absent inputs (z, D, delta_bias) empty.
+
+
 class SelectiveScanFn(torch.autograd.Function):
     """Autograd over the Triton kernels; outputs (y, final_state)."""
 
@@ -543,7 +596,7 @@ class SelectiveScanFn(torch.autograd.Function):
         # An unused output's gradient comes as None (materialised zeros may lack storage,
         # which the interpreter cannot copy).
         ctx.set_materialize_grads(False)
-        y, final_state, ckpt = ops.triton_scan_fwd(u, delta, A, B_g, C_g, D, z, delta_bias,
+        y, final_state, ckpt = triton_scan_fwd(u, delta, A, B_g, C_g, D, z, delta_bias,
                                                    initial_state, delta_softplus, needs_grad,
                                                    *dataclasses.astuple(config))
         if needs_grad:
@@ -560,7 +613,7 @@ class SelectiveScanFn(torch.autograd.Function):
             dy = torch.zeros_like(u)
         if d_final is None:
             d_final = u.new_zeros(ckpt.shape[0], ckpt.shape[1], ckpt.shape[3], dtype=torch.float32)
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = ops.triton_scan_bwd(
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = triton_scan_bwd(
             dy, d_final, u, delta, A, B_g, C_g, D, z, delta_bias, ckpt,
             ctx.delta_softplus, *dataclasses.astuple(ctx.config))
         B_shape, C_shape = ctx.bc_shapes

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from . import ops
+from .ops import ALL_BACKENDS, register_op
 from .triton_scan import (MAX_D_STATE, MAX_REGISTERS, MIN_BLOCK_N, Launch,
                           check_triton_device, state_block_n)
 
@@ -186,11 +186,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     """
     _check_args(state, x, dt, A, B, C, D, z, dt_bias)
     check_triton_device(state, "selective_state_update")
-    return ops.triton_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return triton_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
 def _launch_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
-    """Launch the kernel on checked arguments (the body of ``ops.triton_state_update``)."""
+    """Launch the kernel on checked arguments (the body of op ``triton_state_update``)."""
     _, d_inner, d_state = state.shape
     if B.dim() == 2:
         B, C = B.unsqueeze(1), C.unsqueeze(1)                # (B, 1, N)
@@ -198,3 +198,20 @@ def _launch_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
                                     state_update_config(d_inner, d_state))
     launch.run()
     return y
+
+
+# -- the kernel as a custom op (see kernels.ops) -------------------------------------------
+def _triton_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return _launch_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def _triton_state_update_fake(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return x.new_empty(x.shape[0], x.shape[1])
+
+
+triton_state_update = register_op(
+    "triton_state_update(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, "
+    "Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, bool dt_softplus) -> Tensor",
+    _triton_state_update, _triton_state_update_fake, ALL_BACKENDS)
+# triton_state_update: One recurrent step: ``state`` (B, E, N) updated in place -> y (B,
+# E) in x's dtype.

@@ -17,7 +17,7 @@ clips after training (``fit_reference``): the mean predicted class distribution 
 and the mean and covariance of the features (FID). They are buffers, so they travel with
 ``save_pretrained`` / ``from_pretrained``.
 
->>> clf = WordClassifier(labels=["yes", "no"], sample_rate=16000)
+>>> clf = WordClassifier(WordClassifierConfig(labels=["yes", "no"], sample_rate=16000))
 >>> logits = clf(torch.zeros(4, 16000))                          # (4, 2)
 >>> feats = clf.features(torch.zeros(4, 16000))                  # (4, 64)
 """
@@ -29,12 +29,13 @@ import torch
 import torch.nn as nn
 import torchaudio
 
-from mambaseq.core.pretrained import PretrainedMixin
+from mambaseq.core.model_folder import PretrainedMixin, register_model_class
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WordClassifierConfig:
-    labels: list = field(default_factory=list)   # class names, index = class id (K of them)
+    """Features, architecture and labels of a ``WordClassifier`` (its config.json)."""
+    labels: list                                 # class names, index = class id (K of them)
     sample_rate: int = 16000                     # Hz of the input waveforms
     clip_seconds: float = 1.0                    # inputs are zero-padded / cut to this length
     n_mels: int = 40                             # M
@@ -44,39 +45,44 @@ class WordClassifierConfig:
     n_features: int = 64                         # F, the penultimate width (FID features)
     dropout: float = 0.2
 
+    def __post_init__(self):
+        if len(self.labels) < 2:
+            raise ValueError(f"a word classifier needs at least 2 labels, got "
+                             f"{list(self.labels)}")
+        self.labels = list(self.labels)
+        self.sample_rate, self.clip_seconds = int(self.sample_rate), float(self.clip_seconds)
+        self.channels = [int(c) for c in self.channels]
 
+
+@register_model_class
 class WordClassifier(PretrainedMixin, nn.Module):
     """Spoken-word classifier on log-mel spectrograms of fixed-length clips.
 
-    Args: the fields of ``WordClassifierConfig``.
+    Args:
+        config (WordClassifierConfig): see there.
     """
 
     config_class = WordClassifierConfig
 
-    def __init__(self, labels=(), sample_rate=16000, clip_seconds=1.0, n_mels=40, win_ms=30.0,
-                 hop_ms=10.0, channels=(16, 32, 64, 64), n_features=64, dropout=0.2):
-        super().__init__()
-        if len(labels) < 2:
-            raise ValueError(f"a word classifier needs at least 2 labels, got {list(labels)}")
-        self.config = WordClassifierConfig(list(labels), int(sample_rate), float(clip_seconds),
-                                           n_mels, win_ms, hop_ms, [int(c) for c in channels],
-                                           n_features, dropout)
-        self.win = int(round(sample_rate * win_ms / 1000))
-        self.hop = int(round(sample_rate * hop_ms / 1000))
+    def __init__(self, config: WordClassifierConfig):
+        super().__init__(config)
+        sample_rate, n_mels, n_features = config.sample_rate, config.n_mels, config.n_features
+        self.win = int(round(sample_rate * config.win_ms / 1000))
+        self.hop = int(round(sample_rate * config.hop_ms / 1000))
         # Derived from the config, so not saved (persistent=False) but rebuilt on load.
         self.register_buffer("window", torch.hann_window(self.win), persistent=False)
         self.register_buffer("mel_fbanks", torchaudio.functional.melscale_fbanks(
             self.win // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate), persistent=False)
         blocks, width = [], 1
-        for c in channels:
+        for c in config.channels:
             blocks += [nn.Conv2d(width, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
                        nn.MaxPool2d(2, ceil_mode=True)]
             width = c
         self.conv = nn.Sequential(*blocks)
         self.embed = nn.Sequential(nn.Linear(width, n_features), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(n_features, len(labels))
-        k = len(labels)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(n_features, len(config.labels))
+        k = len(config.labels)
         # Reference statistics of the real training clips (fit_reference); until then a
         # uniform class marginal and standard-normal features.
         self.register_buffer("ref_class_marginal", torch.full((k,), 1.0 / k))        # (K,)

@@ -69,7 +69,7 @@ def common_sample_rate(files) -> int:
         rate = file_sample_rate(f)
         if rate != first:
             raise ValueError(f"{f}: {rate} Hz, but {files[0]} is {first} Hz; give the sample "
-                             "rate to resample all files to (--sample-rate)")
+                             "rate to resample all files to (sample_rate)")
     return first
 
 

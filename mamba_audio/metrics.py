@@ -116,3 +116,10 @@ def clip_stats(waveform: torch.Tensor, n_fft: int = 256, silence_db: float = -50
             "clipped_fraction": round(float(clipped.double().mean()), 5),
             "silent_fraction": round(float((~loud).double().mean()), 4),
             "spectral_flatness": round(float(flat[loud].median()) if loud.any() else 0.0, 4)}
+
+
+def median_stats(clips: list[torch.Tensor]) -> dict:
+    """Median over ``clips`` ((L,) waveforms) of each ``clip_stats`` figure: the level,
+    clipping, silence and noisiness of a batch at a glance."""
+    rows = [clip_stats(c) for c in clips]
+    return {k: round(float(torch.tensor([r[k] for r in rows]).median()), 5) for k in rows[0]}

@@ -14,31 +14,33 @@ Three ways to run it, which agree to float tolerance (tests check it):
 - ``step(token, cache)``: one sample, O(1) time and memory (generation).
 
 Presets (``AudioLM.from_preset``): "paper" is the Mamba paper's SC09 SaShiMi-Mamba size
-(D = 64, pool (4, 4), expand 2, 8 blocks per stage: about 6.2M parameters); "small" (0.5M)
+(D = 64, pool (4, 4), width growth 2, 8 blocks per stage: about 6.2M parameters); "small" (0.5M)
 trains on a CPU in minutes; "tiny" is for tests.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
-from mambaseq.core import MambaState
-from mambaseq.core.multiscale import MultiscaleBackbone, MultiscaleState
-from mambaseq.core.pretrained import PretrainedMixin
+from mambaseq.core.cache import InferenceCache
+from mambaseq.core.config import sub_config
+from mambaseq.core.model_folder import PretrainedMixin, register_model_class
+from mambaseq.core.multiscale import MultiscaleBackbone, MultiscaleBackboneConfig
 
 from . import pooling  # noqa: F401  (registers the "sashimi" pooling in core)
 from .metrics import nll_bits
 from .quantize import Quantizer
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AudioLMConfig:
+    """Architecture and quantiser of an ``AudioLM`` (what its config.json holds)."""
     d_model: int = 64                                   # D at the sample level
     pool: list = field(default_factory=lambda: [4, 4])  # pooling factor of each level
-    expand: int = 2                                     # width growth per level
+    width_growth: int = 2                               # G: D_{i+1} = G * D_i
     n_layers_per_stage: int = 8                         # Mamba blocks per U-Net stage
     d_state: int = 16                                   # N
     d_conv: int = 4                                     # K
@@ -46,6 +48,12 @@ class AudioLMConfig:
     quantizer: str = "mu_law"                           # "mu_law" | "linear"
     bits: int = 8                                       # C = 2**bits classes
     sample_rate: int = 16000                            # Hz the model was trained at
+
+    # config.json files written before the rename call the width growth "expand"
+    renamed_fields: ClassVar[dict] = {"expand": "width_growth"}
+
+    def __post_init__(self):
+        self.pool = [int(p) for p in self.pool]
 
 
 PRESETS = {
@@ -55,10 +63,13 @@ PRESETS = {
 }
 
 
+@register_model_class
 class AudioLM(PretrainedMixin, nn.Module):
     """Autoregressive model of quantised audio samples.
 
-    Args: the fields of ``AudioLMConfig`` (see there), plus ``device``/``dtype``.
+    Args:
+        config (AudioLMConfig): see there.
+        device, dtype (optional): where and in what dtype the parameters are made.
 
     >>> model = AudioLM.from_preset("small", sample_rate=8000)
     >>> logits = model(tokens)                                       # (B, L, 256)
@@ -67,29 +78,23 @@ class AudioLM(PretrainedMixin, nn.Module):
 
     config_class = AudioLMConfig
 
-    def __init__(self, d_model=64, pool=(4, 4), expand=2, n_layers_per_stage=8, d_state=16,
-                 d_conv=4, mamba_expand=2, quantizer="mu_law", bits=8, sample_rate=16000,
-                 device=None, dtype=None):
-        super().__init__()
-        self.config = AudioLMConfig(d_model, [int(p) for p in pool], expand,
-                                    n_layers_per_stage, d_state, d_conv, mamba_expand,
-                                    quantizer, bits, sample_rate)
-        self.quantizer = Quantizer(quantizer, bits)
+    def __init__(self, config: AudioLMConfig, *, device=None, dtype=None):
+        super().__init__(config)
+        self.quantizer = Quantizer(config.quantizer, config.bits)
         factory = {"device": device, "dtype": dtype}
-        self.embedding = nn.Embedding(self.quantizer.n_classes, d_model, **factory)
+        self.embedding = nn.Embedding(self.quantizer.n_classes, config.d_model, **factory)
         self.backbone = MultiscaleBackbone(
-            d_model, pool=pool, expand=expand, n_layers_per_stage=n_layers_per_stage,
-            causal=True, pooling="sashimi", d_state=d_state, d_conv=d_conv,
-            mamba_expand=mamba_expand, **factory)
-        self.head = nn.Linear(d_model, self.quantizer.n_classes, **factory)
+            sub_config(MultiscaleBackboneConfig, config, causal=True, pooling="sashimi"),
+            **factory)
+        self.head = nn.Linear(config.d_model, self.quantizer.n_classes, **factory)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "AudioLM":
-        """``AudioLM(**PRESETS[name], **overrides)``, e.g. ``from_preset("paper",
-        sample_rate=8000)``."""
+        """``AudioLM(AudioLMConfig(**PRESETS[name], **overrides))``, e.g.
+        ``from_preset("paper", sample_rate=8000)``."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(AudioLMConfig(**{**PRESETS[name], **overrides}))
 
     @property
     def sample_rate(self) -> int:
@@ -100,7 +105,7 @@ class AudioLM(PretrainedMixin, nn.Module):
         """P: a chunk that passes its state on must be a multiple of this many samples."""
         return self.backbone.total_pool
 
-    def forward(self, tokens, state: MultiscaleState | None = None, return_state: bool = False):
+    def forward(self, tokens, state: InferenceCache | None = None, return_state: bool = False):
         """tokens (B, L) int64 -> logits (B, L, C) fp32; logits[:, t] predicts tokens[:, t+1].
 
         With ``state`` the clip continues a previous chunk; with ``return_state`` the state
@@ -113,7 +118,8 @@ class AudioLM(PretrainedMixin, nn.Module):
         return self.head(out).float()
 
     def allocate_cache(self, batch_size, device=None, dtype=None):
-        """Zero recurrent state for ``step`` (fixed size, whatever the length generated)."""
+        """Zero recurrent state for ``step``: the backbone's ``InferenceCache`` (fixed size,
+        whatever the length generated)."""
         return self.backbone.allocate_cache(batch_size, device=device, dtype=dtype)
 
     def step(self, tokens_t, cache):
@@ -154,15 +160,3 @@ def stream_nll_bits(model: AudioLM, tokens: torch.Tensor, mask: torch.Tensor | N
             bits, count = bits + b, count + n
     return bits, count
 
-
-def state_numel(cache) -> int:
-    """Number of elements held by a step cache or stream state (for memory checks)."""
-    if isinstance(cache, torch.Tensor):
-        return cache.numel()
-    if isinstance(cache, MambaState):
-        return cache.conv.numel() + cache.ssm.numel()
-    if isinstance(cache, (list, tuple)):
-        return sum(state_numel(c) for c in cache)
-    if dataclasses.is_dataclass(cache):
-        return sum(state_numel(getattr(cache, f.name)) for f in dataclasses.fields(cache))
-    return 0

@@ -4,11 +4,13 @@ Dimension names: B batch (clips generated together), L length (samples), C class
 
 Each generated sample costs one ``model.step`` on a cache of fixed size, so time and
 memory per sample do not grow with the length generated; priming from a real clip feeds
-its samples through the same step. Sampling goes through ``core.sample_logits``
-(temperature, top-k, top-p) with a seeded generator: same seed, same clips.
+its samples through the same step. The loop is ``core.sampling.generate``, every causal
+model's (temperature, top-k, top-p) with a seeded generator: same seed, same clips; this
+module adds the clips' concerns: priming, the clock of every step, the progress bar, wav.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mambaseq.core import sample_logits
+from mambaseq.core.sampling import generate as generate_tokens
 
 from .io import save_audio
 
@@ -83,37 +85,41 @@ def generate(model, n_clips: int, n_samples: int, temperature: float = 1.0,
     if prime.shape[0] != n_clips or prime.shape[1] == 0:
         raise ValueError(f"prime must be (L,) or ({n_clips}, L) with L >= 1, "
                          f"got {tuple(prime.shape)}")
-    gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    cache = model.allocate_cache(n_clips)
-    n_prime = prime.shape[1] if primed else 0
-    new = torch.empty(n_clips, n_samples, dtype=torch.long, device=device)
+    n_fed = prime.shape[1]                          # samples stepped before the first draw
+    n_prime = n_fed if primed else 0
     seconds = torch.empty(n_samples, dtype=torch.float64)
     # one bar over priming and generation, all clips together (the batch steps as one)
     bar = tqdm(total=n_prime + n_samples, desc=f"{n_clips} clips", unit="step",
                disable=not progress, mininterval=1.0)
-    start = time.perf_counter()
-    for t in range(prime.shape[1]):
-        logits = model.step(prime[:, t], cache)                            # (B, C)
-        if primed:
+    clock = {"prime": 0.0}
+
+    def on_step(pos):
+        """Times each generated sample (its draw and its step; the bar's update is left
+        out) and the priming as a whole."""
+        now = time.perf_counter()
+        if pos < n_fed:
+            if primed:
+                bar.update()
+                if pos == n_fed - 1:
+                    clock["prime"] = now - clock["start"]
+        else:
+            t = pos - n_fed
+            seconds[t] = now - clock["last"]
             bar.update()
-    prime_seconds = time.perf_counter() - start if primed else 0.0
-    for t in range(n_samples):
-        start = time.perf_counter()
-        tok = sample_logits(logits, temperature, top_k, top_p, generator=gen)   # (B,)
-        new[:, t] = tok
-        if t + 1 < n_samples:
-            logits = model.step(tok, cache)
-        seconds[t] = time.perf_counter() - start
-        bar.update()
-        if t % 1000 == 999:
-            bar.set_postfix_str(f"{n_clips * (t + 1) / float(seconds[:t + 1].sum()):.0f} samples/s")
+            if t % 1000 == 999:
+                bar.set_postfix_str(f"{n_clips * (t + 1) / float(seconds[:t + 1].sum()):.0f} "
+                                    "samples/s")
+        clock["last"] = time.perf_counter()
+
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    clock["start"] = time.perf_counter()
+    tokens = generate_tokens(model, prime, n_samples, temperature, top_k, top_p,
+                             generator=gen, prefill="step", on_step=on_step)
     bar.close()
     model.train(was_training)
-    kept = prime if primed else prime[:, :0]
-    return GenerationResult(torch.cat([kept, new], 1).cpu(), kept.shape[1], seconds,
-                            prime_seconds)
+    return GenerationResult(tokens[:, n_fed - n_prime:].cpu(), n_prime, seconds, clock["prime"])
 
 
 def save_clips(tokens: torch.Tensor, quantizer, sample_rate: int, out_dir,
@@ -121,3 +127,18 @@ def save_clips(tokens: torch.Tensor, quantizer, sample_rate: int, out_dir,
     """Decode classes (B, L) and write ``out_dir/{prefix}_{i:03d}.wav`` (16-bit PCM)."""
     return [save_audio(Path(out_dir) / f"{prefix}_{i:03d}.wav", quantizer.decode(row),
                        sample_rate) for i, row in enumerate(tokens)]
+
+
+def stale_clips(out_dir, n_clips: int, prefix: str = "sample") -> list[Path]:
+    """The files of ``out_dir`` named as ``save_clips`` names clip ``n_clips`` and later
+    (``{prefix}_{i:03d}.wav``, i >= ``n_clips``): what an earlier, larger batch left there.
+    Plain files only (no link, no folder), sorted."""
+    pattern = re.compile(rf"{re.escape(prefix)}_(\d+)\.wav")
+    found = []
+    for path in Path(out_dir).iterdir():
+        match = pattern.fullmatch(path.name)
+        index = int(match[1]) if match else -1
+        if (index >= n_clips and path.name == f"{prefix}_{index:03d}.wav"
+                and path.is_file() and not path.is_symlink()):
+            found.append(path)
+    return sorted(found)

@@ -23,7 +23,15 @@ def read_bed(path, lengths: dict | None = None) -> list[Window]:
     Raises:
         FileNotFoundError, or ValueError naming the file, the line number and the problem.
 
-    >>> read_bed("peaks.bed")    # [Window(name='chr1', start=100, end=200, strand='+'), ...]
+    >>> _ = Path("peaks.bed").write_text("track name=peaks\\n"
+    ...                                  "chr1\\t100\\t200\\n"
+    ...                                  "chr2\\t5\\t50\\tpeak2\\t0\\t-\\n")
+    >>> read_bed("peaks.bed")
+    [Window(name='chr1', start=100, end=200, strand='+'), Window(name='chr2', start=5, end=50, strand='-')]
+    >>> read_bed("peaks.bed", lengths={"chr1": 150, "chr2": 80})
+    Traceback (most recent call last):
+    ...
+    ValueError: peaks.bed:2: ...
     """
     path = Path(path)
     if not path.is_file():

@@ -40,8 +40,13 @@ def split_regions(source, fractions=(0.8, 0.1, 0.1), by: str = "auto",
     Returns:
         {"train": [...], "val": [...], "test": [...]} lists of ``Window``.
 
+    >>> from mambaseq.mamba_bio import Genome, write_fasta
+    >>> genome = Genome(write_fasta("genome.fa", {"chr20": "ACGT" * 250}))   # 1000 bases
     >>> split_regions(genome, (0.9, 0.1, 0.0), by="position")["val"]
-    [Window(name='chr20', start=900000, end=1000000, strand='+')]
+    [Window(name='chr20', start=900, end=1000, strand='+')]
+    >>> four = Genome(write_fasta("four.fa", {f"c{i}": "ACGT" * 100 for i in range(1, 5)}))
+    >>> {split: [w.name for w in ws] for split, ws in split_regions(four).items()}  # by record
+    {'train': ['c1', 'c2'], 'val': ['c3'], 'test': ['c4']}
     """
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
@@ -209,8 +214,13 @@ class GenomeWindows:
     {"input_ids": (B, L) long} (+ "labels" (B, L) for mlm); it is a pure function of its
     arguments and the seed.
 
+    >>> from mambaseq.mamba_bio import Genome, write_fasta
+    >>> genome = Genome(write_fasta("genome.fa", {"chr1": "ACGTTGCA" * 500}))   # 4000 bases
     >>> ds = GenomeWindows(genome, split_regions(genome)["train"])
-    >>> ds.get_batch(step=0, seq_len=1024, batch_size=8)["input_ids"].shape   # (8, 1024)
+    >>> ds.get_batch(step=0, seq_len=64, batch_size=8)["input_ids"].shape
+    torch.Size([8, 64])
+    >>> torch.equal(ds.get_batch(3, 64, 8)["input_ids"], ds.get_batch(3, 64, 8)["input_ids"])
+    True
     """
 
     def __init__(self, source, regions, tokenizer: CharTokenizer | None = None,
@@ -264,9 +274,16 @@ class SpeciesWindows:
             A/C/G/T with this probability (a regulariser: exact long matches are broken,
             base composition is kept).
 
-    >>> ds = SpeciesWindows({"human": [Genome("human.fa")], "mouse": [Genome("mouse.fa")]})
-    >>> batch = ds.get_batch(0, seq_len=1024, batch_size=16)   # input_ids (16, 1024), labels (16,)
-    >>> seqs, labels = ds.fixed_windows("test", seq_len=1024, per_class=50)
+    >>> from mambaseq.mamba_bio import Genome, simulate_genomes, write_species_fastas
+    >>> fastas = write_species_fastas("species", simulate_genomes("(human:0.1,mouse:0.1);",
+    ...                                                           length=3000))
+    >>> ds = SpeciesWindows({name: [Genome(path)] for name, path in fastas.items()})
+    >>> batch = ds.get_batch(0, seq_len=100, batch_size=16)
+    >>> batch["input_ids"].shape, batch["labels"].shape
+    (torch.Size([16, 100]), torch.Size([16]))
+    >>> seqs, labels = ds.fixed_windows("test", seq_len=100, per_class=3)
+    >>> ds.classes, [len(s) for s in seqs], labels
+    (['human', 'mouse'], [100, 100, 100, 100, 100, 100], array([0, 0, 0, 1, 1, 1]))
     """
 
     def __init__(self, species: dict, fractions=(0.8, 0.1, 0.1), by: str = "auto",

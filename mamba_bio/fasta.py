@@ -360,8 +360,14 @@ class Genome:
         cache_dir (default ``$MAMBASEQ_CACHE_DIR`` or ~/.cache/mambaseq): where indices and
             decompressed copies go.
 
-    >>> g = Genome("hg38.fa.gz")
-    >>> g.fetch("chr20", 1_000_000, 1_000_010, strand="-")       # 10 bases, RC
+    >>> _ = Path("genome.fa").write_text(">chr1\\nACGTACGTAA\\nCCGGTTNNac\\n>chr2\\nGGGG\\n")
+    >>> g = Genome("genome.fa")
+    >>> g.names, g.lengths
+    (['chr1', 'chr2'], {'chr1': 20, 'chr2': 4})
+    >>> g.fetch("chr1", 7, 13), g.fetch("chr1", 7, 13, strand="-")   # bases [7, 13), and RC
+    ('TAACCG', 'CGGTTA')
+    >>> g.fetch("chr1", 16)                                  # to the end; case is kept
+    'NNac'
     """
 
     def __init__(self, path, decompress_gzip: bool = False, cache_dir=None):
@@ -374,7 +380,7 @@ class Genome:
                 f"{self.path} is plain gzip, which cannot be indexed for random access. "
                 f"Recompress it with bgzip (htslib/samtools): "
                 f"`gunzip -c {self.path} | bgzip > {self.path.with_suffix('.bgz')}`, "
-                "or pass decompress_gzip=True (--decompress-gzip) to decompress it once "
+                "or pass decompress_gzip=True to decompress it once "
                 f"into {cache_dir}")
         bgzip = kind == "bgzf"
         if kind == "gzip":
@@ -486,7 +492,9 @@ def _stranded(seq: str, strand: str, where: str) -> str:
 def open_sequences(path, decompress_gzip: bool = False, cache_dir=None):
     """The right reader for ``path``: ``Records`` for GenBank, ``Genome`` (indexed) for FASTA.
 
-    >>> src = open_sequences("mito/human.fa"); src.names, src.lengths
+    >>> _ = Path("mito.fa").write_text(">human\\nACGTTGCA\\n>mouse\\nACGGT\\n")
+    >>> src = open_sequences("mito.fa"); type(src).__name__, src.names, src.lengths
+    ('Genome', ['human', 'mouse'], {'human': 8, 'mouse': 5})
     """
     path = Path(path)
     _check_exists(path)

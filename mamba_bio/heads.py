@@ -10,16 +10,25 @@ from typing import Optional
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseq.core import BiMambaBackbone, TokenModelConfig, token_embedding
-from mambaseq.core.pretrained import PretrainedMixin
+from mambaseq.core import (BiMambaBackbone, BiMambaBackboneConfig, TokenModelConfig,
+                           sub_config, token_embedding)
+from mambaseq.core.model_folder import PretrainedMixin, register_model_class
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MaskedLMConfig(TokenModelConfig):
+    """Architecture of a ``MaskedLM`` (what its config.json holds)."""
     rc_equivariant: bool = False      # Caduceus-PS: RC-equivariant embedding, backbone, head
     complement: Optional[list] = None  # token id -> complement id (rc_equivariant only)
 
+    def __post_init__(self):
+        if self.rc_equivariant and self.complement is None:
+            raise ValueError("rc_equivariant needs the token complement map `complement`")
+        if self.complement is not None:
+            self.complement = [int(c) for c in self.complement]
 
+
+@register_model_class
 class MaskedLM(PretrainedMixin, nn.Module):
     """Masked language model over bases (Caduceus-style MLM pretraining): embedding ->
     bidirectional ``BiMambaBackbone`` -> tied output head. Its ``embedding`` and
@@ -30,26 +39,27 @@ class MaskedLM(PretrainedMixin, nn.Module):
     reverse complement of a sequence are its logits reversed, each base's score moved to its
     complement's; such a model initialises an ``rc_equivariant`` classifier.
 
-    >>> mlm = MaskedLM(vocab_size=9, d_model=128, n_layer=4)
-    >>> logits = mlm(ids)                                           # (B, L, V)
+    Args:
+        config (MaskedLMConfig): vocab_size (V), d_model (D), n_layer, d_state, d_conv,
+            expand, norm_eps; rc_equivariant and the token ``complement`` map.
+        device, dtype (optional): where and in what dtype the parameters are made.
+
+    >>> mlm = MaskedLM(MaskedLMConfig(vocab_size=9, d_model=32, n_layer=2))
+    >>> import torch
+    >>> ids = torch.randint(4, 8, (2, 50))                          # A C G T
+    >>> mlm(ids).shape                                              # (B, L, V)
+    torch.Size([2, 50, 9])
     """
 
     config_class = MaskedLMConfig
 
-    def __init__(self, vocab_size, d_model, n_layer, d_state=16, d_conv=4, expand=2,
-                 norm_eps=1e-5, rc_equivariant=False, complement=None, device=None,
-                 dtype=None):
-        super().__init__()
-        if rc_equivariant and complement is None:
-            raise ValueError("rc_equivariant needs the token complement map `complement`")
-        complement = None if complement is None else [int(c) for c in complement]
-        self.config = MaskedLMConfig(vocab_size, d_model, n_layer, d_state, d_conv, expand,
-                                     norm_eps, rc_equivariant, complement)
+    def __init__(self, config: MaskedLMConfig, *, device=None, dtype=None):
+        super().__init__(config)
         factory = {"device": device, "dtype": dtype}
-        self.embedding = token_embedding(vocab_size, d_model,
-                                         complement if rc_equivariant else None, **factory)
-        self.backbone = BiMambaBackbone(d_model, n_layer, d_state, d_conv, expand, norm_eps,
-                                        rc_equivariant=rc_equivariant, **factory)
+        self.embedding = token_embedding(config.vocab_size, config.d_model,
+                                         config.complement if config.rc_equivariant else None,
+                                         **factory)
+        self.backbone = BiMambaBackbone(sub_config(BiMambaBackboneConfig, config), **factory)
 
     def forward(self, ids, mask=None):
         """ids (B, L) -> logits (B, L, V) fp32; ``mask`` (B, L) True on real steps."""

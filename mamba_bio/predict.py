@@ -13,14 +13,23 @@ call is the mean of its windows' class probabilities.
 Several classifiers of the same classes (e.g. one per seed of a classify-species run) can
 score as one, ``ClassifierEnsemble``: the renormalised mean of their class log-probabilities.
 
->>> model, tokenizer, classes = load_classifier("runs/species/model")
+>>> from mambaseq.mamba_bio import open_sequences, write_fasta
+>>> tok = CharTokenizer()                     # a model folder, as a classify-species run writes
+>>> clf = core.SequenceClassifier(core.SequenceClassifierConfig(
+...     vocab_size=tok.vocab_size, d_model=16, n_layer=1, num_classes=2))
+>>> clf.save_pretrained("model", extra_json=core.model_assets(tok, ["human", "mouse"]))
+>>> model, tokenizer, classes = load_classifier("model")
+>>> _ = write_fasta("new.fa", {"r1": "ACGT" * 600, "r2": "ACGTN" * 50})   # 2400, 250 bases
 >>> for record in predict_records(model, tokenizer, open_sequences("new.fa"), window=1000):
-...     record.name, record.windows, record.mean_probs      # mean_probs (C,)
->>> model, tokenizer, classes = load_classifiers(["runs/b/seed0/model", "runs/b/seed1/model"])
+...     print(record.name, record.windows, record.mean_probs.shape)      # mean_probs (C,)
+r1 3 (2,)
+r2 1 (2,)
+>>> model, tokenizer, classes = load_classifiers(["model", "model"])  # e.g. one per seed
+>>> type(model).__name__, classes
+('ClassifierEnsemble', ['human', 'mouse'])
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -29,12 +38,10 @@ import numpy as np
 import torch
 
 from mambaseq import core
-from mambaseq.core.pretrained import core_models
+from mambaseq.core.model_folder import CLASSES_FILE, TOKENIZER_FILE, read_classes
 
-from .heads import MaskedLM
-from .tokenizers import TOKENIZER_FILE, CharTokenizer
-
-CLASSES_FILE = "classes.json"
+from . import heads  # noqa: F401  (registers MaskedLM: its folder gets "not a classifier")
+from .tokenizers import CharTokenizer
 
 
 def load_classifier(directory, device: str = "cpu"
@@ -56,9 +63,7 @@ def load_classifier(directory, device: str = "cpu"
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model folder not found: {directory}")
-    # MaskedLM known too, so that pretrain-genome's mlm folder gets the "not a classifier" error
-    model = core.load_pretrained(directory, device=device,
-                                 classes={**core_models(), "MaskedLM": MaskedLM})
+    model = core.load_pretrained(directory, device=device)
     if not isinstance(model, core.SequenceClassifier):
         raise ValueError(f"{directory} holds a {type(model).__name__}, not a species classifier "
                          "(give the model/ or a checkpoints/ folder of a classify-species run)")
@@ -67,28 +72,12 @@ def load_classifier(directory, device: str = "cpu"
             raise FileNotFoundError(f"{directory}: no {name} in this classifier folder (a "
                                     "classify-species folder carries its tokenizer and class "
                                     "names; try the run's model/ folder)")
-    classes = _read_json(directory / CLASSES_FILE)
-    if (not isinstance(classes, list) or len(classes) != model.config.num_classes
-            or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes)):
-        raise ValueError(f"{directory / CLASSES_FILE}: expected a list of "
-                         f"{model.config.num_classes} distinct class names (the model's "
-                         f"outputs), got {classes!r}")
-    try:
-        tokenizer = CharTokenizer.from_config(_read_json(directory / TOKENIZER_FILE))
-    except (TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"{directory / TOKENIZER_FILE}: not a character tokenizer "
-                         f"({err})") from None
+    classes = read_classes(directory, model.config.num_classes)
+    tokenizer = CharTokenizer.load(directory)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"{directory / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens, more "
                          f"than the {model.config.vocab_size} the model reads")
     return model, tokenizer, classes
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
 class ClassifierEnsemble(torch.nn.Module):

@@ -11,7 +11,6 @@ hit the sequence as Poisson events with geometric lengths.
 """
 from __future__ import annotations
 
-import argparse
 from io import StringIO
 from pathlib import Path
 
@@ -135,7 +134,10 @@ def simulate_genomes(tree: str = DEFAULT_TREE, length: int = 20_000, n_chromosom
         dict leaf name -> list of chromosome sequences (uppercase str).
 
     >>> genomes = simulate_genomes(length=5000)
-    >>> sorted(genomes)     # ['ape_a', 'ape_b', 'ape_c', 'cow', 'mouse', 'rat']
+    >>> sorted(genomes)
+    ['ape_a', 'ape_b', 'ape_c', 'cow', 'mouse', 'rat']
+    >>> [len(chrom) for chrom in genomes["cow"]], sorted(set(genomes["cow"][0]))  # no indels
+    ([5000], ['A', 'C', 'G', 'T'])
     """
     if model not in ("hky", "gtr"):
         raise ValueError(f"model must be 'hky' or 'gtr', got {model!r}")
@@ -228,28 +230,11 @@ def write_species_fastas(out_dir, genomes: dict[str, list[str]]) -> dict[str, Pa
             for name, chroms in genomes.items()}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mambaseq.mamba_bio.simulate",
-                                     description="Simulate genomes along a tree; one FASTA each.")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tree", default=DEFAULT_TREE, help="Newick tree with branch lengths")
-    parser.add_argument("--length", type=int, default=20_000, help="bases per chromosome")
-    parser.add_argument("--chromosomes", type=int, default=1, help="chromosomes per genome")
-    parser.add_argument("--model", choices=["hky", "gtr"], default="hky")
-    parser.add_argument("--indel-rate", type=float, default=0.0)
-    parser.add_argument("--composition-sd", type=float, default=0.0,
-                        help="lineage-specific base composition (learnable species signal)")
-    parser.add_argument("--repeat-fraction", type=float, default=0.0,
-                        help="share of each genome made of lineage-specific repeat copies")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    genomes = simulate_genomes(args.tree, args.length, args.chromosomes, model=args.model,
-                               indel_rate=args.indel_rate,
-                               composition_sd=args.composition_sd,
-                               repeat_fraction=args.repeat_fraction, seed=args.seed)
-    for name, path in write_species_fastas(args.out, genomes).items():
-        print(f"{name}\t{path}")
-
-
 if __name__ == "__main__":
-    main()
+    # ``python -m mambaseq.mamba_bio.simulate ...`` is the command ``mambaseq simulate-genomes``
+    # (the command line lives in pipelines.cli; this layer has none of its own)
+    import sys
+
+    from mambaseq.pipelines.cli import main
+
+    sys.exit(main(["simulate-genomes", *sys.argv[1:]]))

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TOKENIZER_FILE = "tokenizer.json"
 SPECIALS = ("[PAD]", "[MASK]", "[BOS]", "[EOS]")
 BASES = "ACGTN"
 IUPAC_AMBIGUOUS = "RYSWKMBDHV"
@@ -52,9 +51,15 @@ class CharTokenizer:
             through silently. Use ``soft_mask`` to keep the case information.
 
     >>> tok = CharTokenizer()
-    >>> tok.encode("ACgtR")                  # tensor([4, 5, 6, 7, 8])
-    >>> tok.soft_mask("ACgtR")               # tensor([False, False, True, True, False])
-    >>> batch = tok.batch_encode(["ACGT", "AC"])   # input_ids (2, 4), attention_mask (2, 4)
+    >>> tok.encode("ACgtR")                  # R (A or G) reads as N
+    tensor([4, 5, 6, 7, 8])
+    >>> tok.soft_mask("ACgtR")
+    tensor([False, False,  True,  True, False])
+    >>> batch = tok.batch_encode(["ACGT", "AC"])
+    >>> batch["input_ids"], batch["attention_mask"]          # (2, 4) each, right-padded
+    (tensor([[4, 5, 6, 7],
+            [4, 5, 0, 0]]), tensor([[ True,  True,  True,  True],
+            [ True,  True, False, False]]))
     """
 
     pad_id, mask_id, bos_id, eos_id = 0, 1, 2, 3
@@ -103,21 +108,29 @@ class CharTokenizer:
         return cls(strict=cfg.get("strict", False), uppercase=cfg.get("uppercase", True))
 
     def save(self, directory) -> None:
-        """Write ``directory/tokenizer.json`` (beside a checkpoint's config.json)."""
+        """Write ``directory/tokenizer.json`` (beside a model folder's config.json; a
+        training run writes it with the model, through ``core.model_assets``)."""
+        from mambaseq.core.model_folder import TOKENIZER_FILE    # (core only when needed)
+
         Path(directory, TOKENIZER_FILE).write_text(json.dumps(self.to_config(), indent=2) + "\n")
 
     @classmethod
     def load(cls, directory) -> "CharTokenizer":
-        """The tokenizer saved in ``directory``; never a default one (a model trained with
-        ``strict`` or ``uppercase=False`` must not silently read inputs another way).
+        """The tokenizer saved in model folder ``directory``; never a default one (a model
+        trained with ``strict`` or ``uppercase=False`` must not silently read inputs another
+        way).
 
         Raises:
             FileNotFoundError: there is no ``directory/tokenizer.json``.
+            ValueError: tokenizer.json is not a character tokenizer config; names the file.
         """
-        path = Path(directory, TOKENIZER_FILE)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; the model folder has no tokenizer")
-        return cls.from_config(json.loads(path.read_text()))
+        from mambaseq.core.model_folder import TOKENIZER_FILE, read_tokenizer_config
+
+        config = read_tokenizer_config(directory)         # its errors name the file
+        try:
+            return cls.from_config(config)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{Path(directory, TOKENIZER_FILE)}: {err}") from None
 
     def encode_numpy(self, seq: str, source: str | None = None) -> np.ndarray:
         """seq (L chars) -> (L,) uint8 token ids; raises naming the first bad letter,
@@ -228,8 +241,10 @@ class KmerTokenizer:
         strict (bool, False): as in ``CharTokenizer``.
 
     >>> tok = KmerTokenizer(k=3, stride=3)
-    >>> tok.encode("ACGTTT")          # tensor([11, 68])  (ACG, TTT)
-    >>> tok.counts("ACGTTT")          # (64,) float counts of each 3-mer
+    >>> ids = tok.encode("ACGTTT"); ids, tok.decode(ids)
+    (tensor([11, 68]), 'ACG TTT')
+    >>> counts = tok.counts("ACGTTT"); counts.shape, float(counts.sum())  # counts of each 3-mer
+    ((64,), 2.0)
     """
 
     specials = SPECIALS + ("[NKMER]",)

@@ -7,7 +7,8 @@ from mambaseq import _layer_folder
 
 __path__ = [_layer_folder(__spec__.name)]  # the layer's modules: see mambaseq/__init__.py
 
-from mambaseq.core.mamba import Mamba, MambaState
+from mambaseq.core.cache import InferenceCache
+from mambaseq.core.mamba import Mamba
 from mambaseq.core.scan import selective_scan
 from mambaseq.core.scan_reference import selective_scan_ref
 from mambaseq.core.state_update import selective_state_update, selective_state_update_ref
@@ -19,19 +20,19 @@ from mambaseq.core.heads import (MambaLM, MambaLMConfig, NgramEmbedding, RCEmbed
                                  SequenceClassifier, SequenceClassifierConfig, TokenModelConfig,
                                  mean_log_probs, pool_hidden, token_embedding)
 from mambaseq.core.multiscale import (MultiscaleBackbone, MultiscaleBackboneConfig,
-                                      MultiscaleState, get_pooling, linear_pooling,
-                                      register_pooling)
-from mambaseq.core.sampling import sample_logits, top_k_filter, top_p_filter
-from mambaseq.core.pretrained import load_pretrained
+                                      get_pooling, linear_pooling, register_pooling)
+from mambaseq.core.sampling import generate, sample_logits, top_k_filter, top_p_filter
+from mambaseq.core.config import sub_config
+from mambaseq.core.model_folder import load_pretrained, model_assets, register_model_class
 
-__all__ = ["Mamba", "MambaState", "selective_scan", "selective_scan_ref",
+__all__ = ["Mamba", "InferenceCache", "selective_scan", "selective_scan_ref",
            "selective_state_update", "selective_state_update_ref",
            "RMSNorm", "MambaBackbone", "MambaBackboneConfig",
            "BiMamba", "BiMambaBackbone", "BiMambaBackboneConfig", "reverse_complement_hidden",
            "MambaLM", "MambaLMConfig", "SequenceClassifier", "SequenceClassifierConfig",
            "NgramEmbedding", "RCEmbedding", "TokenModelConfig", "token_embedding", "pool_hidden",
            "mean_log_probs",
-           "MultiscaleBackbone", "MultiscaleBackboneConfig", "MultiscaleState",
+           "MultiscaleBackbone", "MultiscaleBackboneConfig",
            "register_pooling", "get_pooling",
-           "linear_pooling", "sample_logits", "top_k_filter", "top_p_filter",
-           "load_pretrained"]
+           "linear_pooling", "generate", "sample_logits", "top_k_filter", "top_p_filter",
+           "sub_config", "load_pretrained", "model_assets", "register_model_class"]

@@ -24,12 +24,14 @@ __all__ = [
     "split_regions", "fold_ranges", "WindowSampler", "PooledSampler", "GenomeWindows",
     "SpeciesWindows", "mlm_mask",
     "simulate_genomes", "write_fasta", "write_species_fastas", "MaskedLM",
+    "MaskedLMConfig",
     "lm_metrics", "classification_report", "plot_confusion", "kmer_features", "kmer_baseline",
     "markov_nll", "best_markov_perplexity",
 ]
 
 _LAZY = {"simulate_genomes": "simulate", "write_fasta": "simulate",
-         "write_species_fastas": "simulate", "MaskedLM": "heads"}
+         "write_species_fastas": "simulate", "MaskedLM": "heads",
+         "MaskedLMConfig": "heads"}
 
 
 def __getattr__(name):

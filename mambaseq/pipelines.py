@@ -1,11 +1,50 @@
-"""The jobs and the command line; ``python -m mambaseq.pipelines`` runs the command line.
+"""The jobs the toolkit exists for, as functions a notebook calls: a config in, a result out.
 
-``mambaseq.pipelines`` is a module whose ``__path__`` makes it a package (see
-``mambaseq/__init__.py``); ``runpy`` runs such a module itself for ``-m``, hence the guard.
+>>> from mambaseq.pipelines import PretrainGenomeConfig, pretrain_genome
+>>> PretrainGenomeConfig(fasta=["genome.fa"], out="runs/lm", steps=0)
+Traceback (most recent call last):
+...
+mambaseq.pipelines.training.fields.ConfigError: PretrainGenomeConfig.steps must be a positive integer, got 0
+
+Each job lives in its module (``genome``, ``species``, ``embeddings``, ``audio``, ``words``,
+``conversion``, ``demos``, ``benchmarks``; never named as a function of it: a submodule
+``embed`` would shadow the function ``embed`` here once imported), over one training layer (``pipelines.training``); the
+command line (``pipelines.cli``, ``python -m mambaseq.pipelines``) is a thin layer that turns
+flags into these configs. Names are imported on first use, so that the command line starts
+without importing every job.
 """
 from mambaseq import _layer_folder
 
 __path__ = [_layer_folder(__spec__.name)]  # the layer's modules: see mambaseq/__init__.py
+
+# public name -> the module of this package that defines it
+_JOBS = {
+    "genome": ("PretrainGenomeConfig", "PretrainResult", "pretrain_genome",
+               "EvalGenomeConfig", "evaluate_genome", "SimulateGenomesConfig",
+               "simulate_genome_fastas"),
+    "species": ("ClassifySpeciesConfig", "SpeciesResult", "train_species_classifier",
+                "PredictSpeciesConfig", "PredictResult", "predict_species"),
+    "embeddings": ("EmbedConfig", "EmbedResult", "embed"),
+    "audio": ("TrainAudioConfig", "TrainAudioResult", "train_audio", "EvalAudioConfig",
+              "EvalAudioResult", "evaluate_audio", "GenerateAudioConfig", "GenerateAudioResult",
+              "generate_audio"),
+    "words": ("TrainWordClassifierConfig", "WordClassifierResult", "train_word_classifier",
+              "ScoreAudioConfig", "ScoreAudioResult", "score_audio"),
+    "conversion": ("ConvertConfig", "ConvertResult", "convert", "convert_model"),
+    "demos": ("DemoConfig", "DemoResult", "demo"),
+    "benchmarks": ("BenchConfig", "BenchResult", "run_benchmarks"),
+    "training": ("TrainConfig", "train", "ConfigError"),
+}
+_WHERE = {name: module for module, names in _JOBS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        import importlib
+        return getattr(importlib.import_module(f"mambaseq.pipelines.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 if __name__ == "__main__":
     import sys

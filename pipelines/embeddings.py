@@ -1,0 +1,132 @@
+"""Embeddings as a job: one pooled vector per FASTA record (and optionally per-position ones)
+from a trained genome model, written to a file.
+
+    from mambaseq.pipelines import EmbedConfig, embed
+    result = embed(EmbedConfig(model="runs/chr20/model", fasta="genes.fa", out="genes.npz"))
+    result.out, result.shape                     # genes.npz, (records, F)
+
+The .npz holds "names" (records,) and "embeddings" (records, F); a .npy ``out`` holds only
+the embeddings, with the names in ``<out stem>.names.txt`` beside it. ``per_position`` (a
+folder) also gets ``<index>_<record>.npy``, a (L, D) float32 array per record filled chunk
+by chunk through a memory map. With a causal model a record of any length (2^20 bases and
+more) costs one chunk of activations on a CPU; a bidirectional model reads a record whole.
+For the vectors in memory, without files, see ``mamba_bio.embeddings.embed_fasta``.
+
+Outputs follow ``training.out_folder``: ``out`` (and its names file) is never an input and
+replaces only an earlier embed output; ``per_position`` is a new or empty folder, or one
+embed made.
+"""
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from mambaseq.core.atomic import atomic_file, write_bytes_atomic
+from mambaseq.mamba_bio.embeddings import embed_sequences
+from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.mamba_bio.tokenizers import CharTokenizer
+
+from .training import Config, load_model, option, positive_int, resolve_device
+from .training import out_folder
+
+POSITIONS_KIND = "per-position embeddings"     # the kind in the per_position folder's marker
+
+
+@dataclasses.dataclass(kw_only=True)
+class EmbedConfig(Config):
+    """Options of :func:`embed` (and of ``mambaseq embed``)."""
+
+    OPTIONS_GROUP = "embed"
+    model: str = option(help="model folder (any genome model)")
+    fasta: str = option(help="FASTA or GenBank file")
+    out: str = option(help="output .npz (names and embeddings) or .npy (embeddings; names "
+                           "in OUT.names.txt)")
+    pooling: str = option("mean", choices=("mean", "max"),
+                          help="how a record's positions are pooled into its vector")
+    per_position: str | None = option(None, metavar="DIR",
+                                      help="also write per-position hidden states, one .npy "
+                                           "per record")
+    chunk_len: int = option(2 ** 14, rule=positive_int,
+                            help="bases per forward chunk (memory bound)")
+    device: str = option("cpu", choices=("cpu", "cuda"), help="where the model runs")
+    decompress_gzip: bool = option(False, help="accept a plain-gzip FASTA by decompressing it "
+                                               "once to a cache")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if Path(self.out).suffix not in (".npz", ".npy"):
+            raise ValueError(f"out must end in .npz or .npy, got {self.out}")
+
+
+@dataclasses.dataclass
+class EmbedResult:
+    """What :func:`embed` wrote: ``out``, the names file of a .npy (else None), the
+    per-position folder (or None), the record names and the shape (records, F) of the
+    embeddings."""
+
+    out: Path
+    names_file: Path | None
+    per_position: Path | None
+    names: list[str]
+    shape: tuple[int, int]
+
+
+def is_embed_output(path: Path) -> bool:
+    """``path`` looks like an embed output: an .npz of exactly ``names`` and ``embeddings``,
+    or a 2-D float32 .npy (its names file: when that .npy is one)."""
+    if path.name.endswith(".names.txt"):
+        return is_embed_output(path.with_name(path.name.removesuffix(".names.txt") + ".npy"))
+    try:
+        if path.suffix == ".npz":
+            with zipfile.ZipFile(path) as z:
+                return sorted(z.namelist()) == ["embeddings.npy", "names.npy"]
+        array = np.load(path, mmap_mode="r")
+        return array.ndim == 2 and array.dtype == np.float32
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def embed(config: EmbedConfig) -> EmbedResult:
+    """Embed every record of ``config.fasta`` with ``config.model`` into ``config.out``.
+
+        result = embed(EmbedConfig(model="m", fasta="genes.fa", out="genes.npz",
+                                   per_position="genes_pos"))
+        np.load(result.out)["embeddings"].shape == result.shape     # (records, F)
+
+    Every output is checked before anything is written.
+
+    Raises:
+        out_folder.OutRefused: an output is an input, a link, or a file/folder embed did
+            not write (naming the field: ``out`` or ``per_position``).
+        ValueError: bad input (an empty record, an unknown base), naming the file and record.
+    """
+    out = Path(config.out)
+    names_file = out.with_suffix(".names.txt") if out.suffix == ".npy" else None
+    inputs = out_folder.input_paths(config.to_dict())
+    for path in [out, names_file] if names_file else [out]:
+        out_folder.check_out_file(path, "out", inputs, "embed", is_embed_output)
+    if config.per_position:
+        out_folder.check_distinct({"out": out, "per_position": Path(config.per_position)})
+        out_folder.check_folder(config.per_position, "embed", POSITIONS_KIND, inputs,
+                                "per_position")
+    device = resolve_device(config.device)          # names the device when there is no GPU
+    model = load_model(config.model, device=device)
+    tokenizer = CharTokenizer.load(config.model)
+    source = open_sequences(config.fasta, decompress_gzip=config.decompress_gzip)
+    pos_dir = (out_folder.claim_folder(config.per_position, "embed", POSITIONS_KIND, inputs,
+                                       "per_position") if config.per_position else None)
+    vectors, names = embed_sequences(model, tokenizer, source, label=config.fasta,
+                                     pooling=config.pooling, chunk_len=config.chunk_len,
+                                     positions_dir=pos_dir)                  # (records, F)
+    with atomic_file(out) as tmp, open(tmp, "wb") as f:
+        if names_file is None:
+            np.savez(f, names=np.array(names), embeddings=vectors)
+        else:
+            np.save(f, vectors)
+    if names_file is not None:
+        write_bytes_atomic(names_file, ("\n".join(names) + "\n").encode())
+    return EmbedResult(out=out, names_file=names_file, per_position=pos_dir, names=names,
+                       shape=vectors.shape)
