@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from .heads import MambaLM, MambaLMConfig
+from .heads import MambaLM
 from .atomic import atomic_dir
 
 FORMATS = ("hf-mamba", "mamba-ssm", "caduceus", "mambaseq")

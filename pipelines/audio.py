@@ -40,8 +40,9 @@ from mambaseq.mamba_audio.training import (SPLIT_FILE, FolderSplit, HeldOut, cli
 
 from .training import (Config, ConfigError, TrainConfig, fraction, is_main_process,
                        non_negative_float, non_negative_int, option, positive_float,
-                       positive_int, probability_mass, quantizer_bits, regex, resolve_device,
-                       run_folder, seed_everything, seed_int, share_below_one, train)
+                       positive_int, probability_mass, quantizer_bits, redefault, regex,
+                       resolve_device, run_folder, seed_everything, seed_int, share_below_one,
+                       train)
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -131,17 +132,14 @@ class TrainAudioConfig(AudioDataOptions, TrainConfig):
     """Options of :func:`train_audio` (and of ``mambaseq train-audio``)."""
 
     OPTIONS_GROUP = "audio model"
-    seq_len: int = option(2048, rule=positive_int,
-                          help="samples per training crop (a multiple of the model's pooling, "
-                               "16)")
-    batch_size: int = option(8, rule=positive_int,
-                             help="crops per micro-batch on each process")
-    lr: float = option(2e-3, rule=positive_float, help="peak learning rate of AdamW")
-    weight_decay: float = option(0.0, rule=non_negative_float,
-                                 help="AdamW weight decay (never applied to norms, biases, "
-                                      "A_log, D)")
-    warmup_steps: int = option(50, rule=non_negative_int,
-                               help="linear learning-rate warmup steps, then cosine decay")
+    seq_len: int = redefault(TrainConfig, "seq_len", 2048,
+                             help="samples per training crop (a multiple of the model's "
+                                  "pooling, 16)")
+    batch_size: int = redefault(TrainConfig, "batch_size", 8,
+                                help="crops per micro-batch on each process")
+    lr: float = redefault(TrainConfig, "lr", 2e-3)
+    weight_decay: float = redefault(TrainConfig, "weight_decay", 0.0)
+    warmup_steps: int = redefault(TrainConfig, "warmup_steps", 50)
     val_fraction: float = option(0.0, rule=share_below_one,
                                  help="validate on this share of the training speakers (or "
                                       "files), split off like the test side and never trained "

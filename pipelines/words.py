@@ -40,7 +40,7 @@ from mambaseq.mamba_audio.word_clips import (load_word_sets, score_word_files, w
 from .audio import AudioDataOptions, check_sample_rate_field, held_out_files, run_split
 from .training import (Config, ConfigError, Number, TrainConfig, is_main_process,
                        non_negative_float, non_negative_int, option, positive_float,
-                       positive_int, run_folder, seed_everything,
+                       positive_int, redefault, run_folder, seed_everything,
                        share_below_one, train)
 
 SCORES_FILE = "scores.json"         # <out>/scores.json: the report of train_word_classifier
@@ -85,18 +85,16 @@ class TrainWordClassifierConfig(WordClipOptions, AudioDataOptions, TrainConfig):
     """
 
     OPTIONS_GROUP = "word classifier"
-    steps: int = option(600, rule=positive_int, metavar="N",
-                        help="optimizer steps in the whole run")
-    batch_size: int = option(32, rule=positive_int, help="clips per micro-batch on each process")
-    lr: float = option(3e-3, rule=positive_float, help="peak learning rate of AdamW")
-    weight_decay: float = option(0.01, rule=non_negative_float,
-                                 help="AdamW weight decay (never applied to norms and biases)")
-    warmup_steps: int = option(50, rule=non_negative_int,
-                               help="linear learning-rate warmup steps, then cosine decay")
-    eval_every: int = option(200, rule=non_negative_int, metavar="N",
-                             help="validate every N steps and at the end (0 = only at the end)")
-    save_every: int = option(500, rule=non_negative_int, metavar="N",
-                             help="write a checkpoint every N steps (0 = only at the end)")
+    steps: int = redefault(TrainConfig, "steps", 600)
+    batch_size: int = redefault(TrainConfig, "batch_size", 32,
+                                help="clips per micro-batch on each process")
+    lr: float = redefault(TrainConfig, "lr", 3e-3)
+    weight_decay: float = redefault(TrainConfig, "weight_decay", 0.01,
+                                    help="AdamW weight decay (never applied to norms and "
+                                         "biases)")
+    warmup_steps: int = redefault(TrainConfig, "warmup_steps", 50)
+    eval_every: int = redefault(TrainConfig, "eval_every", 200)
+    save_every: int = redefault(TrainConfig, "save_every", 500)
     val_fraction: float = option(0.15, rule=share_below_one,
                                  help="validate on this share of the training speakers (or "
                                       "files), split off like the test side and never trained "

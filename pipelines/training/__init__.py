@@ -9,7 +9,7 @@ from .config import TrainConfig, check_resume_options, check_resume_split
 from .distributed import is_main_process, resolve_device
 from .fields import (Config, ConfigError, Number, fraction, non_negative_float,
                      non_negative_int, option, positive_float, positive_int, probability_mass,
-                     quantizer_bits, regex, seed_int, share, share_below_one)
+                     quantizer_bits, redefault, regex, seed_int, share, share_below_one)
 from .loop import seed_everything, train
 from .out_folder import OutRefused
 from .run_folder import run_folder
@@ -21,5 +21,5 @@ __all__ = [
     "is_main_process", "resolve_device",
     "Config", "ConfigError", "Number", "option", "positive_int", "non_negative_int",
     "positive_float", "non_negative_float", "fraction", "share", "share_below_one",
-    "probability_mass", "seed_int", "quantizer_bits", "regex",
+    "probability_mass", "seed_int", "quantizer_bits", "regex", "redefault",
 ]

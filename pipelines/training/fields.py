@@ -154,6 +154,22 @@ def option(default: Any = dataclasses.MISSING, *, help: str, rule=None,
     return dataclasses.field(default=default, metadata=meta)
 
 
+def redefault(config_cls, name: str, default: Any, **changes) -> Any:
+    """Field ``name`` of ``config_cls`` again, with another default (and any of
+    :func:`option`'s other arguments changed): how a job config changes a shared option's
+    default without writing its help and rule a second time.
+
+    >>> from mambaseq.pipelines.training import TrainConfig
+    >>> @dataclasses.dataclass(kw_only=True)
+    ... class Short(TrainConfig):
+    ...     steps: int = redefault(TrainConfig, "steps", 50)
+    >>> Short(out="o").steps, Short.__dataclass_fields__["steps"].metadata["help"]
+    (50, 'optimizer steps in the whole run')
+    """
+    meta = {**config_cls.__dataclass_fields__[name].metadata, **changes}
+    return option(default, **meta)
+
+
 _SCALARS = {int: int, float: (int, float), str: str, bool: bool}
 
 
