@@ -12,10 +12,21 @@ same parameter count as a given ``MambaLM``: about half as many layers (a Transf
 holds ~12 D^2 parameters, a Mamba layer ~6 D^2, as in the Mamba paper's comparisons), with the
 MLP width F solved so that the totals match.
 
->>> tf = TransformerLM(vocab_size=16, d_model=128, n_layer=2, n_head=2, d_mlp=512)
->>> logits = tf(ids)                                                   # (B, L, V)
->>> cache = tf.allocate_cache(2, max_len=1024); logits = tf(ids, cache=cache)
->>> logits_t = tf.step(ids[:, -1], cache)                              # (B, V)
+>>> tf = TransformerLM(vocab_size=16, d_model=32, n_layer=2, n_head=2, d_mlp=64)
+>>> ids = torch.randint(0, 16, (2, 10))
+>>> logits = tf(ids); logits.shape                                     # (B, L, V)
+torch.Size([2, 10, 16])
+>>> cache = tf.allocate_cache(2, max_len=64); _ = tf(ids[:, :-1], cache=cache)   # a prompt
+>>> logits_t = tf.step(ids[:, -1], cache); logits_t.shape              # (B, V)
+torch.Size([2, 16])
+>>> torch.allclose(logits_t, logits[:, -1], atol=1e-4), cache.length
+(True, 10)
+>>> from mambaseq.core import MambaLM, MambaLMConfig
+>>> lm = MambaLM(MambaLMConfig(vocab_size=16, d_model=128, n_layer=4))
+>>> base = matched_transformer(lm); len(base.layers)                   # half the layers
+2
+>>> abs(count_parameters(base) / count_parameters(lm) - 1) < 0.05      # as many parameters
+True
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ A source folder is read as downloaded from the hub: ``config.json`` and ``model.
 (or a sharded ``model.safetensors.index.json``) or ``pytorch_model.bin``; a pickled ``.bin``
 is read with ``torch.load(weights_only=True)`` only, which cannot run code.
 
+>>> from mambaseq.core import MambaLM, MambaLMConfig
 >>> lm = MambaLM(MambaLMConfig(vocab_size=16, d_model=32, n_layer=2))
 >>> export_hf_mamba(lm, "mamba-hf")                # a folder transformers loads
 >>> config, state = read_hub_folder("mamba-hf")    # or one downloaded, e.g. mamba-130m-hf

@@ -646,8 +646,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Memory: besides inputs and outputs, one fp32 (B, E, N) state per CHUNK steps
         (scan_config: 64 up to d_state 32, 8 at d_state 256) when gradients are needed.
 
-    >>> y, h = selective_scan(u, delta, A, B, C, D, z, return_final_state=True)
-    >>> y2 = selective_scan(u2, delta2, A, B2, C2, D, z2, initial_state=h)  # continues
+    On a CUDA GPU (the doctests skip these lines: CPU tensors run only under
+    TRITON_INTERPRET=1, set before this module is imported):
+
+    >>> u, delta, z = torch.randn(3, 2, 64, 100, device="cuda")  # (B, E, L)  # doctest: +SKIP
+    >>> B, C = torch.randn(2, 2, 16, 100, device="cuda")         # (B, N, L)  # doctest: +SKIP
+    >>> A, D = -torch.rand(64, 16, device="cuda"), torch.randn(64, device="cuda")  # doctest: +SKIP
+    >>> y, h = selective_scan(u, delta, A, B, C, D, z, delta_softplus=True,  # doctest: +SKIP
+    ...                       return_final_state=True)
+    >>> y.shape, h.shape                                         # doctest: +SKIP
+    (torch.Size([2, 64, 100]), torch.Size([2, 64, 16]))
+    >>> y1, h1 = selective_scan(u[..., :60], delta[..., :60], A, B[..., :60], C[..., :60], D,
+    ...                         z[..., :60], delta_softplus=True,  # doctest: +SKIP
+    ...                         return_final_state=True)
+    >>> y2 = selective_scan(u[..., 60:], delta[..., 60:], A, B[..., 60:], C[..., 60:], D,
+    ...                     z[..., 60:], delta_softplus=True, initial_state=h1)  # doctest: +SKIP
+    >>> torch.allclose(torch.cat([y1, y2], -1), y, atol=1e-4)    # continues  # doctest: +SKIP
+    True
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_triton_device(u, "selective_scan")

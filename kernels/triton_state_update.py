@@ -181,8 +181,17 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     Returns:
         y: (B, E) in x's dtype, computed in fp32.
 
-    >>> state = torch.zeros(batch, d_inner, d_state, device="cuda")
-    >>> y_t = selective_state_update(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_softplus=True)
+    On a CUDA GPU (the doctests skip these lines: CPU tensors run only under
+    TRITON_INTERPRET=1, set before this module is imported):
+
+    >>> import torch
+    >>> x, dt, z = torch.randn(3, 2, 64, device="cuda")    # (B, E) each  # doctest: +SKIP
+    >>> A, D = -torch.rand(64, 16, device="cuda"), torch.randn(64, device="cuda")  # doctest: +SKIP
+    >>> B, C = torch.randn(2, 2, 16, device="cuda")        # (B, N) each  # doctest: +SKIP
+    >>> state = torch.zeros(2, 64, 16, device="cuda")      # (B, E, N)  # doctest: +SKIP
+    >>> y = selective_state_update(state, x, dt, A, B, C, D, z, dt_softplus=True)  # doctest: +SKIP
+    >>> y.shape, bool(state.any())                # state updated in place  # doctest: +SKIP
+    (torch.Size([2, 64]), True)
     """
     _check_args(state, x, dt, A, B, C, D, z, dt_bias)
     check_triton_device(state, "selective_state_update")

@@ -18,8 +18,10 @@ and the mean and covariance of the features (FID). They are buffers, so they tra
 ``save_pretrained`` / ``from_pretrained``.
 
 >>> clf = WordClassifier(WordClassifierConfig(labels=["yes", "no"], sample_rate=16000))
->>> logits = clf(torch.zeros(4, 16000))                          # (4, 2)
->>> feats = clf.features(torch.zeros(4, 16000))                  # (4, 64)
+>>> clf(torch.zeros(4, 16000)).shape                             # (B, K)
+torch.Size([4, 2])
+>>> clf.features(torch.zeros(4, 16000)).shape                    # (B, F)
+torch.Size([4, 64])
 """
 from __future__ import annotations
 

@@ -3,10 +3,19 @@ with padding masks for scoring, and train/test splits by file or by speaker.
 
 Dimension names: B batch, L length (samples). Tokens are quantiser classes (int64).
 
->>> files = find_audio_files("fsdd/")                                       # doctest: +SKIP
->>> train, test = split_files(files, by="speaker", speakers=speakers_from_regex(files))
->>> clips = AudioClips.from_files(train, sample_rate=8000)
->>> batch = clips.crops(step=0, seq_len=4096, batch_size=8)   # tokens, mask (8, 4097)
+>>> from mambaseq.mamba_audio.synth import write_demo_corpus
+>>> _ = write_demo_corpus("fsdd", n_speakers=3, clips_per_speaker=2, seconds=0.25)
+>>> files = find_audio_files("fsdd/")                # FSDD names: {digit}_{speaker}_{index}.wav
+>>> [f.name for f in files]
+['0_spk0_0.wav', '0_spk1_0.wav', '0_spk2_0.wav', '1_spk0_1.wav', '1_spk1_1.wav', '1_spk2_1.wav']
+>>> train, test = split_files(files, by="speaker", speakers=speakers_from_regex(files),
+...                           test_speakers=["spk2"])
+>>> len(train), [f.name for f in test]
+(4, ['0_spk2_0.wav', '1_spk2_1.wav'])
+>>> clips = AudioClips.from_files(train, sample_rate=8000, progress=False)
+>>> batch = clips.crops(step=0, seq_len=512, batch_size=8)
+>>> batch["tokens"].shape, batch["mask"].shape       # (B, seq_len + 1)
+(torch.Size([8, 513]), torch.Size([8, 513]))
 """
 from __future__ import annotations
 

@@ -16,7 +16,10 @@ p(y|x), one row per clip; ``feats`` are (N, F) penultimate features.
   Heusel et al. 2017.
 
 >>> probs = torch.eye(10, dtype=torch.float64)           # 10 clips, each surely its own word
->>> inception_score(probs)                               # 10.0
+>>> round(inception_score(probs), 6)                     # K = 10: the most there is
+10.0
+>>> round(inception_score(torch.full((10, 10), 0.1, dtype=torch.float64)), 6)  # all unsure
+1.0
 """
 from __future__ import annotations
 

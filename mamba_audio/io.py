@@ -101,7 +101,12 @@ def load_audio(path, sample_rate: int | None = None, normalize: str = "none"
             or inf, a rate outside ``MIN_SAMPLE_RATE``..``MAX_SAMPLE_RATE`` in its header.
         ValueError: ``sample_rate`` outside those bounds.
 
-    >>> wav, sr = load_audio("0_jackson_0.wav", sample_rate=16000)    # doctest: +SKIP
+    >>> _ = save_audio("0_jackson_0.wav", 0.5 * torch.sin(torch.arange(8000) / 5.0), 8000)
+    >>> wav, sr = load_audio("0_jackson_0.wav", sample_rate=16000)    # 1 s at 8 kHz, resampled
+    >>> wav.shape, wav.dtype, sr
+    (torch.Size([16000]), torch.float32, 16000)
+    >>> float(load_audio("0_jackson_0.wav", normalize="peak")[0].abs().max())
+    1.0
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")

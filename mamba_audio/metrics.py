@@ -26,7 +26,11 @@ def nll_bits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | N
         (total bits, number of samples counted).
 
     >>> bits, n = nll_bits(torch.zeros(1, 4, 256), torch.zeros(1, 4, dtype=torch.long))
-    >>> bits / n                                          # uniform over 256 classes: 8.0
+    >>> n, round(bits / n, 6)                             # uniform over 256 classes: 8 bits
+    (4, 8.0)
+    >>> nll_bits(torch.zeros(1, 4, 256), torch.zeros(1, 4, dtype=torch.long),
+    ...          mask=torch.tensor([[True, True, False, False]]))[1]
+    2
     """
     nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                            reduction="none")                             # (B * L,)

@@ -72,8 +72,12 @@ class AudioLM(PretrainedMixin, nn.Module):
         device, dtype (optional): where and in what dtype the parameters are made.
 
     >>> model = AudioLM.from_preset("small", sample_rate=8000)
-    >>> logits = model(tokens)                                       # (B, L, 256)
-    >>> cache = model.allocate_cache(2); logits_t = model.step(tokens[:, 0], cache)  # (2, 256)
+    >>> tokens = model.quantizer.encode(torch.rand(2, 64) * 2 - 1)   # (B, L) classes
+    >>> logits = model(tokens); logits.shape                         # (B, L, 256)
+    torch.Size([2, 64, 256])
+    >>> cache = model.allocate_cache(2); logits_t = model.step(tokens[:, 0], cache)
+    >>> logits_t.shape, torch.allclose(logits_t, logits[:, 0], atol=1e-4)
+    (torch.Size([2, 256]), True)
     """
 
     config_class = AudioLMConfig

@@ -58,8 +58,13 @@ class Quantizer:
         bits (int, 8): 2**bits classes.
 
     >>> qz = Quantizer()
-    >>> q = qz.encode(torch.rand(2, 100) * 2 - 1)          # (2, 100) int64 in [0, 256)
-    >>> x = qz.decode(q)                                    # (2, 100) float32
+    >>> q = qz.encode(torch.rand(2, 100) * 2 - 1)          # int64 in [0, 256)
+    >>> q.shape, q.dtype, qz.n_classes
+    (torch.Size([2, 100]), torch.int64, 256)
+    >>> x = qz.decode(q); x.shape, x.dtype
+    (torch.Size([2, 100]), torch.float32)
+    >>> Quantizer("linear", bits=4).encode(torch.tensor([-1.0, 0.0, 1.0]))
+    tensor([ 0,  8, 15])
     """
     kind: str = "mu_law"
     bits: int = 8

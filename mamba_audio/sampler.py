@@ -72,8 +72,14 @@ def generate(model, n_clips: int, n_samples: int, temperature: float = 1.0,
     Returns:
         GenerationResult.
 
-    >>> res = generate(model, n_clips=4, n_samples=16000, top_p=0.95, seed=0)
-    >>> res.tokens.shape, res.samples_per_second                  # (4, 16000), ...
+    >>> from mambaseq.mamba_audio import AudioLM
+    >>> model = AudioLM.from_preset("tiny", sample_rate=8000)
+    >>> res = generate(model, n_clips=2, n_samples=100, top_p=0.95, seed=0, progress=False)
+    >>> res.tokens.shape, res.step_seconds.shape, res.samples_per_second > 0
+    (torch.Size([2, 100]), torch.Size([100]), True)
+    >>> again = generate(model, n_clips=2, n_samples=100, top_p=0.95, seed=0, progress=False)
+    >>> torch.equal(again.tokens, res.tokens)                     # same seed, same clips
+    True
     """
     device = next(model.parameters()).device
     primed = prime is not None

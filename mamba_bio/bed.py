@@ -27,11 +27,12 @@ def read_bed(path, lengths: dict | None = None) -> list[Window]:
     ...                                  "chr1\\t100\\t200\\n"
     ...                                  "chr2\\t5\\t50\\tpeak2\\t0\\t-\\n")
     >>> read_bed("peaks.bed")
-    [Window(name='chr1', start=100, end=200, strand='+'), Window(name='chr2', start=5, end=50, strand='-')]
+    [Window(name='chr1', start=100, end=200, strand='+'),
+     Window(name='chr2', start=5, end=50, strand='-')]
     >>> read_bed("peaks.bed", lengths={"chr1": 150, "chr2": 80})
     Traceback (most recent call last):
     ...
-    ValueError: peaks.bed:2: ...
+    ValueError: peaks.bed:2: end 200 is past the end of chr1 (length 150)
     """
     path = Path(path)
     if not path.is_file():

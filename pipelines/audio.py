@@ -200,9 +200,15 @@ class TrainAudioResult:
 def train_audio(config: TrainAudioConfig) -> TrainAudioResult:
     """Train an autoregressive SaShiMi-Mamba model on a folder of recordings.
 
-    >>> run = train_audio(TrainAudioConfig(data="fsdd/", out="runs/audio",  # doctest: +SKIP
-    ...                                    test_speakers="theo", preset="tiny", steps=100))
-    >>> AudioLM.from_pretrained(run.model_dir)                              # doctest: +SKIP
+    >>> from mambaseq.mamba_audio.synth import write_demo_corpus
+    >>> _ = write_demo_corpus("fsdd", n_speakers=3, clips_per_speaker=2, seconds=0.25)  # 8 kHz
+    >>> run = train_audio(TrainAudioConfig(data="fsdd/", out="runs/audio", test_speakers="spk2",
+    ...                                    preset="tiny", steps=2, seq_len=64, batch_size=2,
+    ...                                    device="cpu"))
+    >>> run.step, run.sample_rate, run.split_file.name
+    (2, 8000, 'split.json')
+    >>> AudioLM.from_pretrained(run.model_dir).config.d_model                  # preset "tiny"
+    16
 
     Raises:
         ValueError: bad input (files of different rates without ``sample_rate``, a split
@@ -318,9 +324,13 @@ def evaluate_audio(config: EvalAudioConfig) -> EvalAudioResult:
     recording's length). With ``subset="test"`` only the held-out files are scored
     (:func:`held_out_files`).
 
-    >>> r = evaluate_audio(EvalAudioConfig(model="runs/audio/model",  # doctest: +SKIP
-    ...                                    data="fsdd/", subset="test"))
-    >>> r.bits_per_sample, len(r.files)                                 # doctest: +SKIP
+    >>> from mambaseq.mamba_audio.synth import write_demo_corpus
+    >>> _ = write_demo_corpus("fsdd", n_speakers=3, clips_per_speaker=2, seconds=0.25)  # 8 kHz
+    >>> AudioLM.from_preset("tiny", sample_rate=8000).save_pretrained("model")  # untrained
+    >>> r = evaluate_audio(EvalAudioConfig(model="model", data="fsdd/", subset="test",
+    ...                                    test_speakers="spk2"))
+    >>> [f.name for f in r.files], r.samples, 7 < r.bits_per_sample < 9   # about log2(256)
+    (['0_spk2_0.wav', '1_spk2_1.wav'], 3998, True)
 
     Raises:
         ValueError: the run's split.json lists a file that is gone, a bad audio file, ...
@@ -441,9 +451,11 @@ def generate_audio(config: GenerateAudioConfig) -> GenerateAudioResult:
     ``sample_NNN.wav`` an earlier, larger batch left in this folder) and
     ``<out>/spectrograms.png``.
 
-    >>> gen = generate_audio(GenerateAudioConfig(model="runs/audio/model",  # doctest: +SKIP
-    ...                                          out="gen", n=4, seconds=1.0, top_p=0.95))
-    >>> gen.files[0], gen.tokens.shape, gen.samples_per_second           # doctest: +SKIP
+    >>> AudioLM.from_preset("tiny", sample_rate=8000).save_pretrained("model")  # untrained
+    >>> gen = generate_audio(GenerateAudioConfig(model="model", out="gen", n=2, seconds=0.05,
+    ...                                          top_p=0.95))
+    >>> [f.name for f in gen.files], gen.tokens.shape                 # 0.05 s at 8 kHz each
+    (['sample_000.wav', 'sample_001.wav'], torch.Size([2, 400]))
 
     Raises:
         ValueError: ``score`` is not a word classifier, a bad prime file, ...;

@@ -152,11 +152,22 @@ def train_word_classifier(config: TrainWordClassifierConfig) -> WordClassifierRe
     """Train the log-mel CNN word classifier on the training speakers' clips, fit its
     references (AM score, FID) and score the validation and test clips.
 
-    >>> r = train_word_classifier(TrainWordClassifierConfig(  # doctest: +SKIP
-    ...     data="speech_commands/", out="runs/words", val_fraction=0.15,
-    ...     speaker_regex=r"(?P<speaker>[0-9a-f]{8})_nohash_\\d+\\.wav"))
-    >>> r.test_accuracy, r.real_test["fid"]                              # doctest: +SKIP
-    >>> WordClassifier.from_pretrained(r.model_dir)                      # doctest: +SKIP
+    >>> import torch
+    >>> from mambaseq.mamba_audio.io import save_audio
+    >>> from mambaseq.mamba_audio.synth import speech_like
+    >>> for speaker in range(3):             # Speech Commands' layout: WORD/SPEAKER_nohash_N.wav
+    ...     for take in range(2):
+    ...         name = f"{speaker:08x}_nohash_{take}.wav"
+    ...         _ = save_audio(f"words/speech/{name}", speech_like(0.25, 16000, seed=take), 16000)
+    ...         _ = save_audio(f"words/noise/{name}", torch.rand(4000) - 0.5, 16000)
+    >>> r = train_word_classifier(TrainWordClassifierConfig(
+    ...     data="words/", out="runs/words", test_speakers="00000002", val_fraction=0.5,
+    ...     speaker_regex=r"(?P<speaker>[0-9a-f]{8})_nohash_\\d+\\.wav", clip_seconds=0.25,
+    ...     steps=2, batch_size=4, device="cpu"))
+    >>> r.words, r.test_clips, 0 <= r.test_accuracy <= 1, r.real_test["fid"] >= 0
+    (['noise', 'speech'], 4, True, True)
+    >>> WordClassifier.from_pretrained(r.model_dir).labels
+    ['noise', 'speech']
 
     Returns:
         the result on the main process; None on torchrun's other ranks (rank 0 alone fits the
@@ -245,9 +256,17 @@ def score_audio(config: ScoreAudioConfig) -> ScoreAudioResult:
     the test side of the classifier's run (its ``split.json``), else the one the split
     options describe (``audio.held_out_files``).
 
-    >>> r = score_audio(ScoreAudioConfig(classifier="runs/words/model",  # doctest: +SKIP
-    ...                                  data="gen/"))
-    >>> r.scores["inception_score"], r.scores["fid"]                      # doctest: +SKIP
+    >>> import torch
+    >>> from mambaseq.mamba_audio.classifier import WordClassifierConfig
+    >>> from mambaseq.mamba_audio.io import save_audio
+    >>> clf = WordClassifier(WordClassifierConfig(labels=["yes", "no"], sample_rate=8000,
+    ...                                           clip_seconds=0.25))
+    >>> clf.save_pretrained("clf")      # untrained; train_word_classifier makes a real one
+    >>> for i in range(4):
+    ...     _ = save_audio(f"gen/sample_{i:03d}.wav", torch.rand(2000) - 0.5, 8000)
+    >>> r = score_audio(ScoreAudioConfig(classifier="clf", data="gen/"))
+    >>> len(r.files), 1 <= r.scores["inception_score"] <= 2, r.scores["fid"] >= 0
+    (4, True, True)
 
     Raises:
         ValueError: the run's split.json lists a file that is gone, a bad audio file, a

@@ -30,7 +30,13 @@ def plot_metrics(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -
     Returns:
         ``png_path``, or None when there is nothing to plot.
 
-    >>> plot_metrics("runs/x/metrics.jsonl", "runs/x/loss.png")
+    >>> records = [{"step": 10, "loss": 2.3}, {"step": 20, "loss": 2.0},
+    ...            {"step": 20, "val_loss": 2.1}]
+    >>> _ = Path("metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in records))
+    >>> png = plot_metrics("metrics.jsonl", "loss.png"); png.name, png.read_bytes()[1:4]
+    ('loss.png', b'PNG')
+    >>> plot_metrics("no-such-run/metrics.jsonl", "empty.png") is None   # nothing to plot
+    True
     """
     # Figure + Agg canvas instead of pyplot: no global state, no display, thread-safe.
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -110,11 +110,15 @@ def test_a_signal_stops_a_command_and_the_command_that_runs_it(tmp_path, monkeyp
         pytest.fail("the command did not take SIGTERM")        # rather than kill pytest
 
     before = signal.signal(signal.SIGTERM, not_taken)
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal (a shell starts background jobs, CI's
+    # among them, with SIGINT ignored)
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert cli.main(["outer", "--signal", sig]) == code
         assert signal.getsignal(signal.SIGTERM) is not_taken            # handed back
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
     assert sys.modules["nestcmds.cmd_nested"].ran == []            # nobody went on
     stopped = "interrupted by SIGTERM" if sig == "SIGTERM" else "interrupted"
     assert capsys.readouterr().err == f"mambaseq outer: error: {stopped}\n"
