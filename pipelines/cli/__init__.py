@@ -34,7 +34,6 @@ import traceback
 from pathlib import Path
 
 from mambaseq.pipelines.training.fields import ConfigError
-from mambaseq.pipelines.training.out_folder import OutRefused
 
 from .options import add_config_options, config_from_args, option_name
 
@@ -375,6 +374,7 @@ def _main(argv: list[str]) -> int:
                + (" (continue with --resume)" if hasattr(config, "resume") else ""))
         return 143 if terminated else 130
     except Exception as e:  # one clear line unless --debug
+        from mambaseq.pipelines.training.out_folder import OutRefused
         if debug:
             _close_progress_bars()
             traceback.print_exc()

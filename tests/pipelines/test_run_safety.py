@@ -234,7 +234,7 @@ def test_tampered_trainer_state_is_not_trusted(run10, sim, capsys, tmp_path):
 # -- 6: only the main process writes -------------------------------------------------------
 
 def test_only_the_main_process_writes_reports(sim, tmp_path, monkeypatch):
-    run_folder = importlib.import_module("mambaseq.pipelines.training.run_folder")  # the module
+    run_folder = importlib.import_module("mambaseq.pipelines.training.run_folders")
     for module in (distributed, run_folder, genome, species):
         monkeypatch.setattr(module, "is_main_process", lambda: False)
     out = tmp_path / "rank1"

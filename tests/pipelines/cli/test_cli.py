@@ -176,3 +176,14 @@ def test_device_cuda_without_a_gpu_is_named(capsys, tmp_path):
     assert cli.main(["eval-genome", "--model", str(tmp_path), "--fasta", "x.fa",
                      "--device", "cuda"]) == 1
     assert "device cuda was given but no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_the_top_level_help_imports_no_job_nor_torch():
+    """``mambaseq --help`` lists the commands from their sources, without importing torch."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom mambaseq.pipelines import cli\nassert cli.main(['--help']) == 0\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'mambaseq.pipelines.genome') "
+            "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
