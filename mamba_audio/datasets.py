@@ -20,6 +20,7 @@ Dimension names: B batch, L length (samples). Tokens are quantiser classes (int6
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import mimetypes
 import random
@@ -28,8 +29,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from mambaseq.core.atomic import atomic_file
+from mambaseq.core.file_cache import file_identity, identity_key
+from mambaseq.kernels.cpu_build import cache_root
 
 from .io import AUDIO_EXTENSIONS, load_audio
 from .quantize import Quantizer
@@ -37,6 +43,7 @@ from .quantize import Quantizer
 # FSDD's names, {digit}_{speaker}_{take}.wav; the demo generator writes the same shape.
 FSDD_SPEAKER_REGEX = r"(?:^|/)\d+_(?P<speaker>[^_/]+)_\d+\.\w+$"
 SPLIT_BY = ("file", "speaker")
+CLIP_CACHE_FORMAT = 1       # layout of the clip cache files (in their key)
 log = logging.getLogger(__name__)
 
 
@@ -213,13 +220,44 @@ class AudioClips(torch.utils.data.Dataset):
 
     @classmethod
     def from_files(cls, files, sample_rate: int, quantizer: Quantizer = Quantizer(),
-                   normalize: str = "peak", progress: bool = True) -> "AudioClips":
-        """Load, mix down, resample to ``sample_rate``, normalise and quantise each file."""
-        clips = []
-        for f in tqdm(files, desc="loading audio", unit="file", disable=not progress):
-            wav, _ = load_audio(f, sample_rate=sample_rate, normalize=normalize)
-            clips.append(quantizer.encode(wav).to(torch.int32))
-        return cls(clips, [Path(f) for f in files], sample_rate, quantizer)
+                   normalize: str = "peak", progress: bool = True, cache_dir=None
+                   ) -> "AudioClips":
+        """Load, mix down, resample to ``sample_rate``, normalise and quantise each file,
+        once: the classes of all ``files`` go to the clip cache and later calls read them
+        from there.
+
+        The cache is ``<cache_dir>/audio/<key>.tokens`` (the clips one after the other,
+        uint8 up to 8 bits, else uint16) and ``<key>.json`` (offsets, lengths), written
+        under temporary names and renamed, the JSON last; the key holds every file's
+        identity (``core.file_cache``: path, size, mtime, a hash of its ends), the order of
+        the files and these settings, so a changed file or setting is decoded again, never
+        read from an older cache.
+
+        Args:
+            cache_dir (default ``$MAMBASEQ_CACHE_DIR`` or ~/.cache/mambaseq).
+        Raises:
+            PermissionError: the cache folder cannot be written (names it and
+                ``MAMBASEQ_CACHE_DIR``).
+        """
+        files = [Path(f) for f in files]
+        identities = [file_identity(f) for f in files]
+        settings = {"sample_rate": sample_rate, "kind": quantizer.kind, "bits": quantizer.bits,
+                    "normalize": normalize}
+        folder = (cache_root() if cache_dir is None else Path(cache_dir)) / "audio"
+        entry = folder / (f"{identity_key([i['path'] for i in identities], settings)[:16]}_"
+                          f"{identity_key(CLIP_CACHE_FORMAT, identities)[:8]}_{len(files)}_clips")
+        if not Path(f"{entry}.json").exists():
+            clips = []
+            for f in tqdm(files, desc="loading audio", unit="file", disable=not progress):
+                wav, _ = load_audio(f, sample_rate=sample_rate, normalize=normalize)
+                clips.append(quantizer.encode(wav).to(torch.int32))
+            _write_clip_cache(entry, clips, quantizer, identities)
+            return cls(clips, files, sample_rate, quantizer)
+        meta = json.loads(Path(f"{entry}.json").read_text())
+        flat = np.fromfile(f"{entry}.tokens", dtype=meta["dtype"])
+        clips = [torch.from_numpy(flat[o:o + n].astype(np.int32))
+                 for o, n in zip(meta["offsets"], meta["lengths"])]
+        return cls(clips, files, sample_rate, quantizer)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -273,6 +311,26 @@ class AudioClips(torch.utils.data.Dataset):
             tokens[b, :len(clip)] = clip.long()
             mask[b, :len(clip)] = True
         return {"tokens": tokens, "mask": mask}
+
+
+def _write_clip_cache(entry: Path, clips: list[torch.Tensor], quantizer: Quantizer,
+                      identities: list[dict]) -> None:
+    """The clip cache files of ``clips`` (see ``AudioClips.from_files``)."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(f"{entry}.tokens") as tmp:
+            dtype = np.uint8 if quantizer.bits <= 8 else np.uint16
+            (np.concatenate([c.numpy() for c in clips]) if clips else np.zeros(0)).astype(
+                dtype).tofile(tmp)
+    except PermissionError as err:
+        raise PermissionError(f"cannot write to the cache folder {entry.parent} "
+                              f"({err.strerror}); set MAMBASEQ_CACHE_DIR to a writable folder"
+                              ) from None
+    lengths = [len(c) for c in clips]
+    meta = {"format": CLIP_CACHE_FORMAT, "dtype": np.dtype(dtype).name, "files": identities,
+            "lengths": lengths, "offsets": np.cumsum([0] + lengths[:-1]).tolist()}
+    with atomic_file(f"{entry}.json") as tmp:
+        tmp.write_text(json.dumps(meta) + "\n")
 
 
 def words_from_folders(files, skip=("_unknown_",)) -> list[tuple[Path, str]]:

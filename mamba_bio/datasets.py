@@ -10,11 +10,14 @@ entirely inside one region. Sampling is a pure function of
 """
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 import torch
 
 from .bed import SplitRegion
 from .fasta import Window, n_fraction
+from .token_cache import MAX_ID, TokenCache
 from .tokenizers import CharTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -171,6 +174,14 @@ class PooledSampler:
         return (sampler, *sampler.sample(rng, length))
 
 
+def _cdf(p: np.ndarray) -> list[float]:
+    """The cumulative probabilities ``rng.choice(len(p), p=p)`` looks a uniform draw up in
+    (with ``searchsorted(side="right")``, i.e. ``bisect.bisect_right``)."""
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+    return cdf.tolist()
+
+
 def random_bases(rng: np.random.Generator, shape, tokenizer: CharTokenizer) -> torch.Tensor:
     """Token ids of shape ``shape``, each an A/C/G/T drawn uniformly."""
     bases = torch.tensor(tokenizer.base_ids)
@@ -212,7 +223,10 @@ class GenomeWindows:
 
     ``get_batch(step, seq_len, batch_size, rank, world_size)`` returns
     {"input_ids": (B, L) long} (+ "labels" (B, L) for mlm); it is a pure function of its
-    arguments and the seed.
+    arguments and the seed. The windows are those ``WindowSampler.sample`` draws, read from
+    the token cache of each file (``token_cache.TokenCache``, encoded on first use, here):
+    a window is one read, its N fraction comes from prefix sums, its reverse strand from a
+    table.
 
     >>> from mambaseq.mamba_bio import Genome, write_fasta
     >>> genome = Genome(write_fasta("genome.fa", {"chr1": "ACGTTGCA" * 500}))   # 4000 bases
@@ -238,19 +252,68 @@ class GenomeWindows:
         self.sampler = PooledSampler(samplers, ", ".join(s.where for s in samplers))
         self.tokenizer = tokenizer or CharTokenizer()
         self.objective, self.rc_augment, self.seed = objective, rc_augment, seed
+        # first use encodes each file once into the token cache; batches are read from it
+        self.caches = [TokenCache.open(s.source, self.tokenizer) for s in samplers]
+        self._plans: dict[int, tuple | None] = {}         # window length -> its ``_plan``
+
+    def _plan(self, length: int) -> tuple[list[float], list] | None:
+        """For windows of ``length``: the cumulative probabilities with which
+        ``PooledSampler.sample`` picks a sampler, and per sampler those with which
+        ``WindowSampler.sample`` picks a region, with the regions' names, starts and window
+        start counts; None when no region holds such a window."""
+        if length not in self._plans:
+            samplers = self.sampler.samplers
+            pool = np.array([s.n_starts(length) for s in samplers], dtype=float)
+            plan = None
+            if pool.sum() > 0:
+                plan = (_cdf(pool / pool.sum()), [])
+                for s in samplers:
+                    spans = np.array([r.end - r.start - length + 1 for r in s.regions])
+                    kept = spans.clip(min=0)
+                    plan[1].append(None if (spans <= 0).all() else (
+                        _cdf(kept / kept.sum()), [r.name for r in s.regions],
+                        [r.start for r in s.regions], spans.tolist()))
+            self._plans[length] = plan
+        return self._plans[length]
+
+    def _draw(self, rng: np.random.Generator, plan, row: np.ndarray) -> tuple[int, str, int]:
+        """Fill ``row`` ((L,) uint8) with the codes of the window ``self.sampler.sample``
+        would draw with ``rng`` (the same random numbers, in the same order: rng.choice with
+        probabilities p is one ``rng.random()`` looked up in the cumulative p), read from the
+        token cache; returns (sampler index, record name, start)."""
+        length = len(row)
+        which = bisect.bisect_right(plan[0], rng.random())
+        sampler, cache = self.sampler.samplers[which], self.caches[which]
+        cdf, names, starts, spans = plan[1][which]
+        for _ in range(sampler.max_tries):
+            i = bisect.bisect_right(cdf, rng.random())
+            start = starts[i] + int(rng.integers(0, spans[i]))
+            cache.read_into(row, names[i], start)
+            if sampler.max_n_frac >= 1.0 or 1.0 - (length - cache.n_count(
+                    names[i], start, start + length, row)) / length <= sampler.max_n_frac:
+                return which, names[i], start
+        raise ValueError(f"{sampler.where}: no window of {length} bases with at most "
+                         f"{sampler.max_n_frac:.0%} N found in {sampler.max_tries} draws")
 
     def get_batch(self, step: int, seq_len: int, batch_size: int, rank: int = 0,
                   world_size: int = 1) -> dict:
         # rank (not world_size) enters the seed: each process draws its own windows.
         rng = np.random.default_rng([self.seed, step, rank])
-        seqs = []
-        for _ in range(batch_size):
-            sampler, win, seq = self.sampler.sample(rng, seq_len)
-            ids = self.tokenizer.encode(seq, source=f"{sampler.where}:{win.name}:{win.start}")
-            if self.rc_augment and rng.random() < 0.5:
-                ids = self.tokenizer.reverse_complement_ids(ids)
-            seqs.append(ids)
-        ids = torch.stack(seqs)                                           # (B, L)
+        plan = self._plan(seq_len)
+        if plan is None:                      # no window that long: the sampler's error
+            self.sampler.sample(rng, seq_len)
+        codes = np.empty((batch_size, seq_len), dtype=np.uint8)          # (B, L)
+        flip, drawn = np.zeros(batch_size, dtype=bool), []
+        for b in range(batch_size):
+            drawn.append(self._draw(rng, plan, codes[b]))
+            flip[b] = self.rc_augment and rng.random() < 0.5
+        if codes.max(initial=0) > MAX_ID:     # a letter the tokenizer refuses: its error
+            b = int(np.flatnonzero(codes.max(axis=1) > MAX_ID)[0])
+            which, name, start = drawn[b]
+            self.caches[which].raise_bad(name, start, codes[b])
+        if flip.any():
+            codes[flip] = self.caches[0].complement[codes[flip, ::-1]]
+        ids = torch.from_numpy(codes).long()                              # (B, L)
         if self.objective == "mlm":
             inputs, labels = mlm_mask(ids, rng, self.tokenizer)
             return {"input_ids": inputs, "labels": labels}

@@ -1,5 +1,6 @@
 """The performance benchmarks as a job: selective scan, training and generation against a
-Transformer, scaling to 2^20, audio generation step against forward (``mambaseq.bench``).
+Transformer, scaling to 2^20, audio generation step against forward, and data loading from a
+human-sized genome (``mambaseq.bench``).
 
     from mambaseq.pipelines import BenchConfig, run_benchmarks
     result = run_benchmarks(BenchConfig(which="generate", quick=True, out="bench/results"))
@@ -9,7 +10,8 @@ Each benchmark writes ``<out>/<name>.json`` (every raw timing, the machine, the 
 ``<out>/<name>.md``; ``scaling`` also ``scaling.png``; ``all`` also ``README.md`` joining the
 tables. ``quick`` uses fewer sizes and repeats (a few minutes on a 2-core CPU); ``smoke``
 tiny sizes (seconds: the plumbing and the files, the figures mean nothing). ``out`` follows
-``training.out_folder`` (new, empty, or a folder of benchmark results).
+``training.out_folder`` (new, empty, or a folder of benchmark results). ``data`` (not part of
+``all``: it writes a genome of ``size`` bases, 3 GB by default) runs ``bench.data``.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ import importlib
 import logging
 from pathlib import Path
 
-from .training import Config, non_negative_int, option, resolve_device, run_folder
+from .training import (Config, non_negative_int, option, positive_float, resolve_device,
+                       run_folder)
 
 log = logging.getLogger("mambaseq.bench")
 
 BENCHES = ("scan", "train", "generate", "scaling", "audio_generate")
+EXTRA_BENCHES = ("data",)          # run only when named
 
 # smoke: sizes small enough for the test suite (options of each bench module).
 SMOKE = {
@@ -31,6 +35,7 @@ SMOKE = {
     "scaling": dict(d_model=16, log2_lengths=[8, 9], repeats=1),
     "audio_generate": dict(preset="tiny", sample_rate=8000, seconds=0.03, check=60,
                            forward_points=2, repeats=1),
+    "data": dict(size=4e6, small=2.0, batches=3),
 }
 
 # quick on a GPU: the scan at one batch and width, two lengths (bench.scan_gpu's options).
@@ -42,7 +47,7 @@ class BenchConfig(Config):
     """Options of :func:`run_benchmarks` (and of ``mambaseq bench``)."""
 
     OPTIONS_GROUP = "bench"
-    which: str = option(positional=True, choices=(*BENCHES, "all"),
+    which: str = option(positional=True, choices=(*BENCHES, *EXTRA_BENCHES, "all"),
                         help="which benchmark to run")
     device: str = option("cpu", choices=("cpu", "cuda"), help="where the benchmarks run")
     quick: bool = option(False, help="fewer sizes and repeats: minutes on a small CPU")
@@ -52,6 +57,11 @@ class BenchConfig(Config):
     out: str = option("bench/results", help="folder for JSON/Markdown/PNG")
     smoke: bool = option(False, help="tiny models and sizes (seconds): checks the plumbing and "
                                      "the files, the figures mean nothing")
+    size: float = option(3.1e9, rule=positive_float,
+                         help="data: bases of the generated hg38-shaped genome (written once "
+                              "to $MAMBASEQ_CACHE_DIR/bench-data, reused)")
+    json: str | None = option(None, metavar="FILE",
+                              help="data: also write the results' JSON to this file")
 
 
 @dataclasses.dataclass
@@ -74,6 +84,8 @@ def bench_options(module, config: BenchConfig, out: Path):
     options = bench_parser(module.__doc__, module.add_arguments).parse_args([])
     options.quick, options.device, options.out, options.threads = (
         config.quick, config.device, out, config.threads)
+    if module.__name__.endswith(".data"):
+        options.size, options.json = config.size, config.json
     if config.smoke:
         for key, value in SMOKE[module.__name__.split(".")[-1]].items():
             setattr(options, key, value)

@@ -32,6 +32,7 @@ from mambaseq.mamba_bio.pretraining import (clm_eval, clm_loss, mlm_eval, mlm_lo
                                             pretraining_regions, region_line, region_text,
                                             split_rows)
 from mambaseq.mamba_bio.simulate import DEFAULT_TREE, simulate_genomes, write_species_fastas
+from mambaseq.mamba_bio.token_cache import TokenCache
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 
 from .training import (Config, TrainConfig, check_resume_split, fraction, is_main_process,
@@ -133,15 +134,15 @@ def pretrain_genome(config: PretrainGenomeConfig) -> PretrainResult:
         ValueError: bad input (an empty FASTA, a region outside its file, ...), naming it;
             ``out_folder.OutRefused``: ``config.out`` is not a folder this job may write.
     """
+    # the inputs are read (and refused, naming the file) before the out folder is touched
+    regions = pretraining_regions(config.fasta, config.split_bed, config.bed,
+                                  config.val_fraction, config.split_by, config.decompress_gzip)
     with run_folder(config, "pretrain-genome", training=True) as out:
-        return _pretrain(config, out)
+        return _pretrain(config, out, *regions)
 
 
-def _pretrain(config: PretrainGenomeConfig, out: Path) -> PretrainResult:
+def _pretrain(config: PretrainGenomeConfig, out: Path, files, sources, splits) -> PretrainResult:
     tokenizer = CharTokenizer(strict=config.strict)
-    files, sources, splits = pretraining_regions(
-        config.fasta, config.split_bed, config.bed, config.val_fraction, config.split_by,
-        config.decompress_gzip)
     keep_split_bed(out / SPLIT_FILE, split_rows(files, splits), config.resume,
                    "split_bed" if config.split_bed else "fasta/bed", write=is_main_process())
     seed_everything(config.seed)
@@ -207,6 +208,8 @@ def evaluate_genome(config: EvalGenomeConfig) -> dict:
 
     Every record (or BED interval) is read in one causal pass from [BOS], in chunks that pass
     the recurrent state. Only A C G T are scored (an N is neither predicted nor counted).
+    Each FASTA is encoded once into the token cache (``mamba_bio.token_cache``) and a record
+    read from it chunk by chunk: memory is bounded by ``chunk_len``, whatever its length.
 
     Returns:
         {"perplexity", "bits_per_base", "tokens"}
@@ -220,13 +223,13 @@ def evaluate_genome(config: EvalGenomeConfig) -> dict:
     jobs = []
     for path in config.fasta:
         source = open_sequences(path, decompress_gzip=config.decompress_gzip)
+        cache = TokenCache.open(source, tokenizer)       # encoded once, read chunk by chunk
         regions = (read_bed(config.bed, lengths=source.lengths) if config.bed else
                    [Window(n, 0, source.lengths[n]) for n in source.names])
-        jobs += [(path, source, r) for r in regions]
+        jobs += [(cache, r) for r in regions]
     total, count = 0.0, 0
-    for path, source, r in tqdm(jobs, unit="record", disable=len(jobs) < 2):
-        ids = tokenizer.encode(source.fetch(r.name, r.start, r.end, r.strand), add_bos=True,
-                               source=f"{path}:{r.name}:{r.start}")
+    for cache, r in tqdm(jobs, unit="record", disable=len(jobs) < 2):
+        ids = cache.ids(r.name, r.start, r.end, r.strand, bos_id=tokenizer.bos_id)  # lazy (L+1,)
         nll, n = lm_nll(model, ids.to(device), chunk_len=config.chunk_len)
         total, count = total + nll, count + n
     if count == 0:

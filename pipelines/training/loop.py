@@ -8,8 +8,8 @@ tqdm progress, ``metrics.jsonl``, atomic checkpoints with exact resume, a loss p
 DistributedDataParallel under ``torchrun``. Outputs under ``cfg.out``:
 
     metrics.jsonl   one JSON record per log step ({"step", "loss", "lr", "grad_norm",
-                    "tokens_per_s", "seq_len", "batch_size", "tokens", "elapsed_s"}) and
-                    per validation ({"step", "val_loss", ...})
+                    "tokens_per_s", "data_wait_s", "seq_len", "batch_size", "tokens",
+                    "elapsed_s"}) and per validation ({"step", "val_loss", ...})
     loss.png        training and validation loss curves
     checkpoints/    step_XXXXXXX/ (the last ``keep_last``) and best/ (lowest val_loss)
     model/          the final model, via ``save_pretrained``
@@ -17,14 +17,19 @@ DistributedDataParallel under ``torchrun``. Outputs under ``cfg.out``:
 Resume is exact because a checkpoint holds every piece of state the loop reads (weights,
 optimizer, scheduler, grad scaler, each rank's RNG states, counters) and because
 ``get_batch`` is a pure function of its arguments: the loop never holds a data iterator.
+The batches of the next ``PREFETCH_STEPS`` steps are built in a background thread while the
+current step runs (``Prefetcher``); ``data_wait_s`` is the mean time a step waited for its
+batches.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import queue
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +48,9 @@ from .plotting import plot_metrics, read_metrics
 
 # AdamW betas of the Mamba paper's language-model recipe (Gu & Dao 2023, App. E.2, after GPT-3).
 ADAM_BETAS = (0.9, 0.95)
+# Optimizer steps whose batches are built ahead of the one that runs (bench/data.py: with
+# them, a loop whose step is a 5 ms sleep on 64 x 1 kb genome batches is busy 98% of its time).
+PREFETCH_STEPS = 2
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, int]"]
 GetBatch = Callable[[int, int, int, int, int], Any]
@@ -132,6 +140,86 @@ def _set_rng_state(state: dict) -> None:
                          n["has_gauss"], n["gauss"]))
 
 
+def _pin(batch):
+    """``batch`` with every tensor in page-locked memory (its copy to the GPU is async)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {k: _pin(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_pin(v) for v in batch)
+    return batch
+
+
+class Prefetcher:
+    """``get_batch`` called for the ``keys`` in order in a background thread, at most
+    ``depth`` batches ahead of the consumer: ``next(key)`` returns the batch of ``key`` (the
+    next of ``keys``), waiting only when the thread is behind. A batch stays the pure
+    function of its key (the thread calls ``get_batch`` exactly as the loop would), so
+    prefetched runs see the same batches as unprefetched, resumed and killed ones.
+
+    Args:
+        get_batch: the loop's ``get_batch(index, seq_len, batch_size, rank, world_size)``.
+        keys: iterable of those argument tuples, in the order they will be asked for.
+        depth (int): batches built ahead.
+        pin (bool): pin each batch's tensors (for an asynchronous copy to a GPU).
+
+    An error of ``get_batch`` is raised by the ``next`` that asks for that batch. Use as a
+    context manager (or call ``close``) so that the thread stops.
+
+    >>> with Prefetcher(lambda *key: key, [(i, 8, 2, 0, 1) for i in range(3)]) as batches:
+    ...     [batches.next((i, 8, 2, 0, 1)) for i in range(3)]
+    [(0, 8, 2, 0, 1), (1, 8, 2, 0, 1), (2, 8, 2, 0, 1)]
+    """
+
+    def __init__(self, get_batch: GetBatch, keys, depth: int = 2, pin: bool = False):
+        self.get_batch, self.pin = get_batch, pin
+        self.queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self.stopped = threading.Event()
+        self.wait_s = 0.0           # seconds ``next`` spent waiting for the thread, in all
+        self.thread = threading.Thread(target=self._work, args=(iter(keys),), daemon=True,
+                                       name="mambaseq-prefetch")
+        self.thread.start()
+
+    def _work(self, keys) -> None:
+        for key in keys:
+            try:
+                batch = self.get_batch(*key)
+                item = (key, _pin(batch) if self.pin else batch, None)
+            except Exception as err:                    # raised by the consumer's next()
+                item = (key, None, err)
+            while not self.stopped.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self.stopped.is_set() or item[2] is not None:
+                return
+
+    def next(self, key):
+        """The batch of ``key``, which must be the next key given to the constructor."""
+        t0 = time.perf_counter()
+        got, batch, err = self.queue.get()
+        self.wait_s += time.perf_counter() - t0
+        if got != key:
+            raise RuntimeError(f"prefetcher: batch {got} came where {key} was asked for")
+        if err is not None:
+            raise err
+        return batch
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the batch it is building)."""
+        self.stopped.set()
+        self.thread.join()
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -151,28 +239,35 @@ class _Window:
 
     def restart(self) -> None:
         self.loss_sum, self.micro_batches, self.tokens = 0.0, 0, 0
+        self.steps, self.data_wait = 0, 0.0
         self.grad_norm, self.lr = float("nan"), float("nan")
         self.t0 = time.perf_counter()
 
-    def add(self, loss_sum: float, tokens: int, grad_norm: float, lr: float, micro_batches: int):
+    def add(self, loss_sum: float, tokens: int, grad_norm: float, lr: float, data_wait: float,
+            micro_batches: int):
         self.loss_sum += loss_sum
         self.micro_batches += micro_batches
         self.tokens += tokens
+        self.steps += 1
+        self.data_wait += data_wait
         self.grad_norm, self.lr = grad_norm, lr
 
     def flush(self, run: "_Run", ctx: DistContext) -> dict:
         """Average over ranks, add the tokens to ``run.tokens``, restart; collective.
 
         Returns:
-            ``{"loss", "lr", "grad_norm", "tokens_per_s"}`` of the window (empty if it was).
+            ``{"loss", "lr", "grad_norm", "tokens_per_s", "data_wait_s"}`` of the window
+            (empty if it was); ``data_wait_s``: mean seconds a step of a rank waited for its
+            batches.
         """
         if not self.micro_batches:
             return {}
-        loss_sum, micro_batches, tokens = all_reduce_sum(
-            [self.loss_sum, self.micro_batches, self.tokens], ctx)
+        loss_sum, micro_batches, tokens, steps, data_wait = all_reduce_sum(
+            [self.loss_sum, self.micro_batches, self.tokens, self.steps, self.data_wait], ctx)
         run.tokens += int(tokens)
         metrics = {"loss": loss_sum / micro_batches, "lr": self.lr, "grad_norm": self.grad_norm,
-                   "tokens_per_s": tokens / max(time.perf_counter() - self.t0, 1e-9)}
+                   "tokens_per_s": tokens / max(time.perf_counter() - self.t0, 1e-9),
+                   "data_wait_s": data_wait / steps}
         self.restart()
         return metrics
 
@@ -207,6 +302,23 @@ class _Run:
         self.bad_evals = 0       # validations since the best one
         self.last_train: dict = {}
         self.last_val: dict = {}
+        self.batches: Prefetcher | None = None     # set by ``prefetch``
+
+    def batch_keys(self, first: int):
+        """The ``get_batch`` arguments of every micro-batch from step ``first`` on."""
+        cfg, ctx = self.cfg, self.ctx
+        for step in range(first, cfg.steps):
+            seq_len, batch_size = cfg.shape_at(step)
+            for micro in range(cfg.grad_accum):
+                yield (step * cfg.grad_accum + micro, seq_len, batch_size, ctx.rank,
+                       ctx.world_size)
+
+    def prefetch(self) -> Prefetcher:
+        """Start building the batches of the coming steps in the background."""
+        self.batches = Prefetcher(self.get_batch, self.batch_keys(self.step),
+                                  depth=PREFETCH_STEPS * self.cfg.grad_accum,
+                                  pin=self.ctx.device.type == "cuda")
+        return self.batches
 
     # -- state in and out -------------------------------------------------------------
     def state(self) -> dict:
@@ -287,20 +399,21 @@ class _Run:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.ctx.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, wrapped: torch.nn.Module) -> tuple[float, int, float, float]:
-        """One optimizer step over ``grad_accum`` micro-batches.
+    def train_step(self, wrapped: torch.nn.Module) -> tuple[float, int, float, float, float]:
+        """One optimizer step over ``grad_accum`` micro-batches (from ``self.batches``).
 
         Returns:
             (sum of the micro-batch losses, tokens of this rank, gradient norm before
-            clipping, learning rate of the step)
+            clipping, learning rate of the step, seconds waited for the batches)
         """
         cfg, ctx = self.cfg, self.ctx
         seq_len, batch_size = cfg.shape_at(self.step)
         loss_sum, tokens = 0.0, 0
+        waited = self.batches.wait_s
         for micro in range(cfg.grad_accum):
             last = micro == cfg.grad_accum - 1
-            batch = self.get_batch(self.step * cfg.grad_accum + micro, seq_len, batch_size,
-                                   ctx.rank, ctx.world_size)
+            batch = self.batches.next((self.step * cfg.grad_accum + micro, seq_len, batch_size,
+                                       ctx.rank, ctx.world_size))
             batch = _to_device(batch, ctx.device)
             # DDP all-reduces gradients on the last micro-batch only.
             sync = contextlib.nullcontext() if last or not ctx.distributed else wrapped.no_sync()
@@ -324,7 +437,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return loss_sum, tokens, grad_norm, lr
+        return loss_sum, tokens, grad_norm, lr, self.batches.wait_s - waited
 
     def evaluate(self) -> bool:
         """Validate, log, keep ``best``; returns True when early stopping says stop."""
@@ -432,24 +545,25 @@ def _train(model, loss_fn, get_batch, cfg, eval_fn, ctx: DistContext, assets) ->
                         tok_s=f"{run.last_train['tokens_per_s']:.0f}", seq=seq_len)
 
     stop = False
-    while run.step < cfg.steps and not stop:
-        window.add(*run.train_step(wrapped), micro_batches=cfg.grad_accum)
-        bar.update(1)
-        done = run.step
-        final = done == cfg.steps
-        checkpoint_due = (cfg.save_every and done % cfg.save_every == 0) or final
-        # A checkpoint closes the window: its steps are logged, never lost on resume.
-        if done % cfg.log_every == 0 or checkpoint_due:
-            log_window(done)
-        if eval_fn is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or final):
-            stop = run.evaluate()
-            if stop:
-                _log(ctx, f"early stop at step {done}: no better val_loss in "
-                          f"{cfg.early_stop} validations (best {run.best_val:.4f})")
-        if checkpoint_due or stop:
-            if window.micro_batches:
+    with run.prefetch():                  # the next steps' batches built in the background
+        while run.step < cfg.steps and not stop:
+            window.add(*run.train_step(wrapped), micro_batches=cfg.grad_accum)
+            bar.update(1)
+            done = run.step
+            final = done == cfg.steps
+            checkpoint_due = (cfg.save_every and done % cfg.save_every == 0) or final
+            # A checkpoint closes the window: its steps are logged, never lost on resume.
+            if done % cfg.log_every == 0 or checkpoint_due:
                 log_window(done)
-            run.save(ckpt.step_dir_name(done))
+            if eval_fn is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or final):
+                stop = run.evaluate()
+                if stop:
+                    _log(ctx, f"early stop at step {done}: no better val_loss in "
+                              f"{cfg.early_stop} validations (best {run.best_val:.4f})")
+            if checkpoint_due or stop:
+                if window.micro_batches:
+                    log_window(done)
+                run.save(ckpt.step_dir_name(done))
     bar.close()
 
     model_dir = out / "model"

@@ -96,5 +96,24 @@ def test_bench_command_line_smoke(tmp_path):
     assert (tmp_path / "scan.md").read_text().startswith("### CPU selective scan (smoke)")
     assert json.loads((tmp_path / "config.json").read_text()) == {
         "command": "bench", "which": "scan", "device": "cpu", "quick": False, "threads": 1,
-        "out": str(tmp_path), "smoke": True}
+        "out": str(tmp_path), "smoke": True, "size": 3.1e9, "json": None}
     assert not (tmp_path / "README.md").exists()
+
+
+@pytest.mark.slow
+def test_bench_data_smoke(tmp_path, monkeypatch):
+    """``bench data`` through the command line on a tiny genome: every case, its files."""
+    monkeypatch.setenv("MAMBASEQ_CACHE_DIR", str(tmp_path / "cache"))
+    out, extra = tmp_path / "data", tmp_path / "extra.json"
+    assert cli_main(["bench", "data", "--smoke", "--out", str(out), "--json", str(extra)]) == 0
+    data = json.loads((out / "data.json").read_text())
+    assert json.loads(extra.read_text()) == data
+    genome = tmp_path / "cache" / "bench-data" / "human_like_4000000.fa"
+    assert data["genome"] == str(genome) and genome.read_text().count(">") == 24
+    assert [(c["window"], c["batch"]) for c in data["batches"]["cases"]] == [
+        (1024, 64), (16384, 8), (131072, 2)]
+    assert all(c["tokens_per_s"] > 0 for c in data["batches"]["cases"])
+    assert 0 < data["stub"]["stub_busy"] <= 1 and data["first_use"]["first_use_s"] > 0
+    assert data["audio"]["crops_per_s"] > 0 and set(data["met"]) == {
+        "tokens_per_s_1k", "tokens_per_s_128k", "stub_busy", "first_use_s", "rss_flat"}
+    assert "| 1024 | 64 |" in (out / "data.md").read_text()
