@@ -15,11 +15,12 @@ from mambaseq.mamba_bio.fasta import (Genome, Records, Window, iter_windows, n_f
 from mambaseq.mamba_bio.metrics import (best_markov_perplexity, classification_report,
                                         kmer_baseline, kmer_features, lm_metrics, markov_nll,
                                         plot_confusion)
+from mambaseq.mamba_bio.token_cache import TokenCache
 from mambaseq.mamba_bio.tokenizers import (CharTokenizer, KmerTokenizer, reverse_complement,
                                            reverse_complement_ids)
 
 __all__ = [
-    "CharTokenizer", "KmerTokenizer", "reverse_complement", "reverse_complement_ids",
+    "CharTokenizer", "KmerTokenizer", "TokenCache", "reverse_complement", "reverse_complement_ids",
     "Genome", "Records", "Window", "open_sequences", "iter_windows", "n_fraction", "read_bed",
     "split_regions", "fold_ranges", "WindowSampler", "PooledSampler", "GenomeWindows",
     "SpeciesWindows", "mlm_mask",
