@@ -23,6 +23,19 @@ from .tokenizers import CharTokenizer
 SPLITS = ("train", "val", "test")
 
 
+def check_fractions(fractions) -> tuple[float, float, float]:
+    """``fractions`` as 3 floats (train, val, test) if they are non-negative shares summing to
+    1; ValueError otherwise.
+
+    >>> check_fractions([0.8, 0.1, 0.1])
+    (0.8, 0.1, 0.1)
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be 3 non-negative shares summing to 1, got {fractions}")
+    return fractions
+
+
 def split_regions(source, fractions=(0.8, 0.1, 0.1), by: str = "auto",
                   regions=None, fold: tuple[int, int] | None = None) -> dict[str, list[Window]]:
     """Assign disjoint regions of ``source`` to train/val/test.
@@ -51,9 +64,7 @@ def split_regions(source, fractions=(0.8, 0.1, 0.1), by: str = "auto",
     >>> {split: [w.name for w in ws] for split, ws in split_regions(four).items()}  # by record
     {'train': ['c1', 'c2'], 'val': ['c3'], 'test': ['c4']}
     """
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions must be 3 non-negative shares summing to 1, got {fractions}")
+    fractions = check_fractions(fractions)
     if regions is None:
         regions = [Window(n, 0, source.lengths[n]) for n in source.names]
     n_splits = sum(f > 0 for f in fractions)

@@ -84,44 +84,55 @@ def accuracy_by_length(parts: list[dict]) -> list[dict]:
     """Pool per-length predictions of several parts (folds or seeds).
 
     Args:
-        parts: each {length: {"labels" (n,), "pred" (n,), "baseline_pred" (n,)}}.
+        parts: each {length: {"labels" (n,), "pred" (n,), "baseline_pred" (n,)[,
+            "exact_pred" (n,)]}}.
     Returns:
         one row per length, ascending: {"length", "accuracy", "baseline_accuracy" (pooled
         over all test windows), "accuracy_sd", "baseline_accuracy_sd" (across parts, 0 for
-        one part), "per_part" [{"accuracy", "baseline_accuracy"}], "test_windows"}.
+        one part), "per_part" [{"accuracy", "baseline_accuracy", "test_windows"}],
+        "test_windows" (pooled over parts: one part's windows when the parts share the test
+        regions, e.g. seeds, times the parts)}; with "exact_pred" also "exact_kmer_accuracy"
+        and "exact_kmer_accuracy_sd" (and in "per_part").
     """
+    keys = (("accuracy", "pred"), ("baseline_accuracy", "baseline_pred"),
+            ("exact_kmer_accuracy", "exact_pred"))
     rows = []
     for length in sorted(parts[0]):
-        per_part = [{"accuracy": float((p[length]["pred"] == p[length]["labels"]).mean()),
-                     "baseline_accuracy": float((p[length]["baseline_pred"]
-                                                 == p[length]["labels"]).mean())}
-                    for p in parts]
+        present = [(name, key) for name, key in keys if key in parts[0][length]]
+        per_part = [{**{name: float((p[length][key] == p[length]["labels"]).mean())
+                        for name, key in present},
+                     "test_windows": int(len(p[length]["labels"]))} for p in parts]
         labels = np.concatenate([p[length]["labels"] for p in parts])
-        pred = np.concatenate([p[length]["pred"] for p in parts])
-        base = np.concatenate([p[length]["baseline_pred"] for p in parts])
-        sd = (lambda key: float(np.std([q[key] for q in per_part], ddof=1))
-              if len(parts) > 1 else 0.0)
-        rows.append({"length": int(length), "accuracy": float((pred == labels).mean()),
-                     "baseline_accuracy": float((base == labels).mean()),
-                     "accuracy_sd": sd("accuracy"), "baseline_accuracy_sd": sd("baseline_accuracy"),
-                     "per_part": per_part, "test_windows": int(len(labels))})
+        row = {"length": int(length)}
+        for name, key in present:
+            pred = np.concatenate([p[length][key] for p in parts])
+            row[name] = float((pred == labels).mean())
+            row[f"{name}_sd"] = (float(np.std([q[name] for q in per_part], ddof=1))
+                                 if len(parts) > 1 else 0.0)
+        rows.append({**row, "per_part": per_part, "test_windows": int(len(labels))})
     return rows
 
 
 def plot_accuracy_vs_length(rows: list[dict], path, title: str = "",
                             baseline_name: str = "k-mer baseline") -> None:
-    """Accuracy (with its spread across parts) against window length, log-scaled, as PNG."""
+    """Accuracy (with its spread across parts) against window length, log-scaled, as PNG;
+    the exact-k-mer baseline too when the rows hold it, and each length's test windows (of
+    one part) under its tick."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lengths = [r["length"] for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, label in (("accuracy", "Mamba classifier"), ("baseline_accuracy", baseline_name)):
-        ax.errorbar(lengths, [r[key] for r in rows], yerr=[r[f"{key}_sd"] for r in rows],
-                    marker="o", capsize=3, label=label)
+    for key, label in (("accuracy", "Mamba classifier"), ("baseline_accuracy", baseline_name),
+                       ("exact_kmer_accuracy", "exact shared k-mers")):
+        if key in rows[0]:
+            ax.errorbar(lengths, [r[key] for r in rows], yerr=[r[f"{key}_sd"] for r in rows],
+                        marker="o", capsize=3, label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [f"{n // 1000}k" if n >= 1000 else str(n) for n in lengths])
+    ax.set_xticks(lengths, [(f"{n // 1000}k" if n >= 1000 else str(n))
+                            + (f"\nn={r['per_part'][0]['test_windows']}" if "test_windows"
+                               in r["per_part"][0] else "") for n, r in zip(lengths, rows)])
     ax.set_xlabel("window length (bases)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from mambaseq import core
 
 from .datasets import SpeciesWindows
+from .kmer_match import ExactKmerMatch
 from .metrics import (accuracy_by_length, classification_report, kmer_baseline,
                       paired_comparison, plot_accuracy_vs_length)
 from .predict import ClassifierEnsemble, window_probabilities
@@ -125,17 +126,32 @@ def check_eval_lengths(data: SpeciesWindows, eval_lengths: list[int]) -> None:
                                  f"every species allows is {min(longest)}")
 
 
+def region_sequences(data: SpeciesWindows, split: str = "train") -> list[list[str]]:
+    """Per class (label order), the bases of each of its ``split`` regions: what the
+    exact-k-mer baseline indexes."""
+    return [[s.source.fetch(r.name, r.start, r.end) for s in pooled.samplers for r in s.regions]
+            for pooled in data.samplers[split]]
+
+
+def exact_kmer_method(match: ExactKmerMatch) -> str:
+    """The exact-k-mer baseline in words, for reports."""
+    return (f"exact shared canonical {match.k}-mers with each class's training regions"
+            + (" (k-mers of one class only)" if match.unique else "") + ", most shared wins")
+
+
 def score_lengths(model, data: SpeciesWindows, tokenizer: CharTokenizer, lengths: list[int], *,
                   per_class: int, baseline_per_class: int, kmer: int, seed: int,
-                  tokens_per_batch: int = 64_000) -> dict[int, dict]:
+                  tokens_per_batch: int = 64_000,
+                  exact: ExactKmerMatch | None = None) -> dict[int, dict]:
     """Per window length: labels, model predictions and k-mer baseline predictions on
     non-overlapping windows tiling the test regions (the same regions at every length; at
     most ``per_class`` windows per species and length); the baseline is fit on
-    ``baseline_per_class`` training windows per species of that length.
+    ``baseline_per_class`` training windows per species of that length. With ``exact`` (an
+    ``ExactKmerMatch`` fit on the training regions), its calls on the same windows too.
 
     Returns:
-        {length: {"labels" (n,), "pred" (n,), "baseline_pred" (n,)}}, the form
-        ``metrics.accuracy_by_length`` pools.
+        {length: {"labels" (n,), "pred" (n,), "baseline_pred" (n,)[, "exact_pred" (n,)]}},
+        the form ``metrics.accuracy_by_length`` pools.
     """
     out = {}
     for length in lengths:
@@ -146,6 +162,8 @@ def score_lengths(model, data: SpeciesWindows, tokenizer: CharTokenizer, lengths
                                                     tokens_per_batch).argmax(1),
                        "baseline_pred": kmer_baseline(train_x, train_y, test_x, k=kmer,
                                                       seed=seed)}
+        if exact is not None:
+            out[length]["exact_pred"] = exact.predict(test_x)
     return out
 
 
@@ -163,6 +181,8 @@ class PartScores:
         steps: optimizer steps the model was trained for.
         test_regions: per class, "file:record:start-end" of its test regions.
         by_length: ``score_lengths``' output ({} when no lengths were asked for).
+        exact_pred, exact_method: (n,) the exact-k-mer baseline's calls on the test windows
+            and its description (None: not run).
         fold, seed: which part of a run of several this is (None: not that kind).
         model_dir: the run folder's model/ of this classifier.
     """
@@ -180,6 +200,8 @@ class PartScores:
     fold: int | None = None
     seed: int | None = None
     model_dir: Path | None = None
+    exact_pred: np.ndarray | None = None
+    exact_method: str | None = None
 
     @property
     def part(self) -> dict:
@@ -195,8 +217,9 @@ def pooled_report(parts: list[PartScores], *, kmer: int, seq_len: int) -> dict:
         ``metrics.classification_report`` of the pooled calls ("accuracy", "per_class_f1",
         "confusion_matrix", "classes", ...) plus "baseline_accuracy", "baseline",
         "paired_vs_baseline", "chance", "test_windows", "seq_len", "steps", "scored_model",
-        "accuracy_vs_length" (when scored at several lengths); for one part its
-        "test_regions", for several "folds"/"seeds" (each part's accuracies and regions),
+        "accuracy_vs_length" (when scored at several lengths), "exact_kmer_accuracy",
+        "exact_kmer" and "paired_vs_exact_kmer" (when the exact-k-mer baseline ran); for one
+        part its "test_regions", for several "folds"/"seeds" (each part's accuracies and regions),
         "folds_won"/"seeds_won", "accuracy_sd" and "baseline_accuracy_sd".
     """
     classes = parts[0].classes
@@ -211,6 +234,12 @@ def pooled_report(parts: list[PartScores], *, kmer: int, seq_len: int) -> dict:
                   paired_vs_baseline=paired_comparison(labels, pred, baseline_pred),
                   chance=1.0 / len(classes), test_windows=len(labels), seq_len=seq_len,
                   steps=parts[0].steps, scored_model=parts[0].scored_model)
+    if parts[0].exact_pred is not None:
+        exact_pred = np.concatenate([p.exact_pred for p in parts])
+        exact = classification_report(labels, exact_pred, classes)
+        report.update(exact_kmer_accuracy=exact["accuracy"],
+                      exact_kmer={"method": parts[0].exact_method, **exact},
+                      paired_vs_exact_kmer=paired_comparison(labels, pred, exact_pred))
     if parts[0].by_length:
         report["accuracy_vs_length"] = accuracy_by_length([p.by_length for p in parts])
     if len(parts) == 1:
@@ -220,6 +249,8 @@ def pooled_report(parts: list[PartScores], *, kmer: int, seq_len: int) -> dict:
     per_part = [{**p.part,
                  "accuracy": float((p.pred == p.labels).mean()),
                  "baseline_accuracy": float((p.baseline_pred == p.labels).mean()),
+                 **({"exact_kmer_accuracy": float((p.exact_pred == p.labels).mean())}
+                    if p.exact_pred is not None else {}),
                  "test_regions": p.test_regions} for p in parts]
     report.update({f"{kind}s": per_part,
                    f"{kind}s_won": sum(f["accuracy"] > f["baseline_accuracy"] for f in per_part),
@@ -255,8 +286,9 @@ def write_accuracy_vs_length(report: dict, out: Path, per_class: int) -> None:
     """``out``/accuracy_vs_length.json and .png from the report's "accuracy_vs_length" rows
     (``per_class``: the most windows per species and length, for the title)."""
     rows = report["accuracy_vs_length"]
+    exact = {"exact_kmer": report["exact_kmer"]["method"]} if "exact_kmer" in report else {}
     (out / "accuracy_vs_length.json").write_text(json.dumps(
-        {"classes": report["classes"], "baseline": report["baseline"]["method"],
+        {"classes": report["classes"], "baseline": report["baseline"]["method"], **exact,
          "rows": rows}, indent=2) + "\n")
     parts = len(rows[0]["per_part"])
     plot_accuracy_vs_length(rows, out / "accuracy_vs_length.png",

@@ -215,6 +215,7 @@ def train_audio(config: TrainAudioConfig) -> TrainAudioResult:
             with an empty side, ``seq_len`` not a multiple of the pooling), naming it;
             ``OutRefused``: ``config.out`` is not a folder this job may write.
     """
+    find_audio_files(config.data)      # a missing or empty folder is refused before out is made
     with run_folder(config, "train-audio", training=True) as out:
         return _train_audio(config, out)
 
@@ -461,16 +462,18 @@ def generate_audio(config: GenerateAudioConfig) -> GenerateAudioResult:
         ValueError: ``score`` is not a word classifier, a bad prime file, ...;
             ``OutRefused``: ``config.out`` is not a folder this job may write.
     """
-    with run_folder(config, "generate-audio", training=False) as out:
-        return _generate(config, out)
-
-
-def _generate(config: GenerateAudioConfig, out: Path) -> GenerateAudioResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    # the models are read (and refused, naming the folder) before the out folder is made
     model = AudioLM.from_pretrained(config.model, device=device).eval()
-    judge = WordClassifier.from_pretrained(config.score) if config.score else None  # fail early
+    judge = WordClassifier.from_pretrained(config.score) if config.score else None
+    with run_folder(config, "generate-audio", training=False) as out:
+        return _generate(config, out, model, judge)
+
+
+def _generate(config: GenerateAudioConfig, out: Path, model: AudioLM,
+              judge: WordClassifier | None) -> GenerateAudioResult:
     rate = model.sample_rate
     prime = None
     if config.prime:

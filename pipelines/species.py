@@ -15,8 +15,10 @@ disjoint position ranges). A ``core.SequenceClassifier`` (bidirectional by defau
 optionally RC-invariant, from scratch, from a pretrained genome model, or from one pretrained
 first on the train regions) is trained; the test report gives accuracy, per-class F1 and the
 confusion matrix, beside a k-mer + logistic-regression baseline fit on training windows of
-the same split and scored on the same test windows. Written to OUT/report.json and
-OUT/confusion.png.
+the same split and scored on the same test windows, and an exact-shared-k-mer baseline
+(``mamba_bio.kmer_match``, ``exact_k``) on the same windows. Written to OUT/report.json and
+OUT/confusion.png. A ``preset`` (``PRESETS``, e.g. "close-lineages": long windows reached by
+a sequence-length warmup) fills the options left at their defaults.
 
 With ``folds`` K every genome is cut into K blocks and K classifiers are trained (in
 OUT/fold0 ...), classifier i tested on block i of every genome: the report pools all K test
@@ -50,45 +52,83 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mambaseq.mamba_bio.datasets import SpeciesWindows
+from mambaseq.mamba_bio.datasets import SpeciesWindows, check_fractions
 from mambaseq.mamba_bio.fasta import open_sequences
+from mambaseq.mamba_bio.kmer_match import ExactKmerMatch
 from mambaseq.mamba_bio.metrics import kmer_baseline, plot_confusion
 from mambaseq.mamba_bio.predict import load_classifiers, predict_records, window_probabilities
 from mambaseq.mamba_bio.species import (PartScores, build_classifier, check_eval_lengths,
                                         classifier_eval, classify_loss, copy_pretrained,
-                                        parse_species, pooled_report, score_lengths,
-                                        seed_ensemble, write_accuracy_vs_length)
+                                        exact_kmer_method, parse_species, pooled_report,
+                                        region_sequences, score_lengths, seed_ensemble,
+                                        write_accuracy_vs_length)
 from mambaseq.core.model_folder import model_assets
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 
 from .genome import (SPLIT_FILE, GenomeModelOptions, PretrainGenomeConfig, keep_split_bed,
                      pretrain_genome)
 from .training import (BEST, Config, ConfigError, Number, TrainConfig, is_main_process,
-                       load_model, non_negative_int, option, out_folder,
-                       positive_int, run_folder, seed_everything, seed_int, share,
+                       load_model, non_negative_int, option, out_folder, positive_int,
+                       redefault, run_folder, seed_everything, seed_int, share,
                        share_below_one, train)
 from .training.checkpoints import latest_checkpoint
 
 KMER = Number("kmer", int, 1, 31)          # kmer: the k-mer index holds k <= 31 in int64
+EXACT_K = Number("exact_k", int, 0, 31)    # 0: no exact-k-mer baseline
+
+
+# Recipes: option values a preset gives every option left at classify-species' own default.
+PRESETS = {
+    # Close lineages of one species told apart on long windows (issue 30): the window grows
+    # 1 kb -> 8 kb -> 32 kb by a sequence-length warmup (the batch shrinking as it grows, a
+    # constant 16k bases a step), a causal 1-layer model with 6-mer embeddings, max pooling
+    # (validation accuracy 0.456 vs 0.25 for mean pooling, seed 0, 32 kb windows; it wins by
+    # spotting assembly gaps, see the README), accuracy against the window from 1 kb to 64 kb
+    # beside the 6-mer and the exact-31-mer baselines, a test share that leaves >= 100 tiles
+    # of 32 kb in four 3 Mb genomes. 7-14 minutes a seed for four lineages of 3 Mb on one
+    # thread. See the README, "Close lineages at long context".
+    "close-lineages": {
+        "seq_len": 32768, "batch_size": 1, "seq_len_schedule": "300:1024:16,150:8192:2",
+        "steps": 700, "lr": 3e-3, "warmup_steps": 50, "eval_every": 350,
+        "d_model": 64, "n_layer": 1, "causal": True, "ngram": 6, "pooling": "max",
+        "split_by": "position", "fractions": (0.6, 0.05, 0.35), "eval_per_class": 40,
+        "eval_lengths": [1024, 2048, 4096, 8192, 16384, 32768, 65536],
+        "baseline_per_class": 100, "kmer": 6, "exact_k": 31,
+    },
+}
 
 
 @dataclasses.dataclass(kw_only=True)
 class ClassifySpeciesConfig(GenomeModelOptions, TrainConfig):
-    """Options of :func:`train_species_classifier` (and of ``mambaseq classify-species``)."""
+    """Options of :func:`train_species_classifier` (and of ``mambaseq classify-species``).
+
+    With ``preset`` every option still at classify-species' own default takes the preset's
+    value (``PRESETS``); an option set to another value wins. The resolved options are the
+    config's fields, so the run's config.json shows them. An option given at its ordinary
+    default cannot be told from one not given: to keep such a value, leave the preset out and
+    give its options one by one.
+
+    >>> config = ClassifySpeciesConfig.from_preset(
+    ...     "close-lineages", species=["a=a.fa", "b=b.fa"], out="runs/ab", steps=300)
+    >>> config.seq_len, config.steps
+    (32768, 300)
+    """
 
     OPTIONS_GROUP = "species"
+    preset: str | None = option(None, choices=tuple(PRESETS), metavar="NAME",
+                                help="a recipe's option values for every option left at its "
+                                     "default (close-lineages: long windows reached by a "
+                                     "sequence-length warmup, see the README); an option you "
+                                     "give wins; config.json shows the resolved options")
     # classify-species' own defaults of the training and model options
-    seq_len: int = option(1000, rule=positive_int, help="bases per training window")
-    steps: int = option(500, rule=positive_int, metavar="N",
-                        help="optimizer steps in the whole run")
-    batch_size: int = option(16, rule=positive_int,
-                             help="windows per micro-batch on each process")
-    eval_every: int = option(100, rule=non_negative_int, metavar="N",
-                             help="validate every N steps and at the end (0 = only at the end)")
-    warmup_steps: int = option(50, rule=non_negative_int,
-                               help="linear learning-rate warmup steps, then cosine decay")
-    d_model: int = option(64, rule=positive_int, help="model width D")
-    n_layer: int = option(2, rule=positive_int, help="number of Mamba layers")
+    seq_len: int = redefault(TrainConfig, "seq_len", 1000, help="bases per training window")
+    steps: int = redefault(TrainConfig, "steps", 500)
+    batch_size: int = redefault(TrainConfig, "batch_size", 16,
+                                help="windows per micro-batch on each process")
+    eval_every: int = redefault(TrainConfig, "eval_every", 100)
+    warmup_steps: int = redefault(TrainConfig, "warmup_steps", 50)
+    d_model: int = redefault(GenomeModelOptions, "d_model", 64)
+    n_layer: int = redefault(GenomeModelOptions, "n_layer", 2)
 
     species: list[str] = option(metavar="NAME=FASTA[,FASTA]", help="one entry per species")
     split_by: str = option("auto", choices=("auto", "record", "position"),
@@ -154,19 +194,42 @@ class ClassifySpeciesConfig(GenomeModelOptions, TrainConfig):
                                      help="training windows per species for the k-mer baseline")
     kmer: int = option(3, rule=KMER,
                        help="k of the k-mer baseline (3 is its best on 1 kb mitogenome windows)")
+    exact_k: int = option(31, rule=EXACT_K, metavar="K",
+                          help="k of the exact-shared-k-mer baseline (a window goes to the "
+                               "species whose training regions hold the most of its canonical "
+                               "K-mers, Kraken/Mash-like; scored on the same test windows, in "
+                               "the report and the accuracy-vs-length plot; 0: off)")
+    exact_unique: bool = option(False, help="the exact-k-mer baseline counts only k-mers found "
+                                            "in one species' training regions")
     decompress_gzip: bool = option(False, help="accept a plain-gzip FASTA by decompressing it "
                                                "once to a cache")
 
+    @classmethod
+    def from_preset(cls, name: str, **options) -> "ClassifySpeciesConfig":
+        """The config of preset ``name`` with ``options`` (species, out, ...) set on top: the
+        same as ``ClassifySpeciesConfig(preset=name, **options)``."""
+        return cls(preset=name, **options)
+
     def __post_init__(self):
+        if self.preset in PRESETS:
+            defaults = {f.name: f.default if f.default is not dataclasses.MISSING
+                        else f.default_factory() for f in dataclasses.fields(self)
+                        if f.name in PRESETS[self.preset]}
+            for key, value in PRESETS[self.preset].items():
+                if getattr(self, key) == defaults[key]:
+                    setattr(self, key, value)
         super().__post_init__()
         owner = type(self).__name__
         try:
-            parse_species(self.species)
+            named = parse_species(self.species)
         except ValueError as err:
             raise ConfigError(owner, "species", str(err)) from None
-        if len(self.fractions) != 3:
-            raise ConfigError(owner, "fractions", f"must be 3 shares (train, val, test), got "
-                                                  f"{list(self.fractions)}")
+        if len(named) < 2:
+            raise ConfigError(owner, "species", f"needs at least 2 species, got {len(named)}")
+        try:
+            check_fractions(self.fractions)
+        except ValueError as err:
+            raise ConfigError(owner, "fractions", str(err).removeprefix("fractions ")) from None
         if self.folds == 1:
             raise ConfigError(owner, "folds", "must be 0 (one split) or at least 2, got 1")
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
@@ -203,8 +266,9 @@ class SpeciesResult:
     def summary(self) -> dict:
         """The headline figures of the report and its path (what the command line prints)."""
         report = self.report
-        summary = {k: report[k] for k in ("accuracy", "baseline_accuracy", "chance",
-                                          "paired_vs_baseline", "per_class_f1")}
+        summary = {k: report[k] for k in ("accuracy", "baseline_accuracy",
+                                          "exact_kmer_accuracy", "chance",
+                                          "paired_vs_baseline", "per_class_f1") if k in report}
         kind = "folds" if "folds" in report else "seeds" if "seeds" in report else None
         if kind:
             summary.update({k: report[k] for k in ("accuracy_sd", "baseline_accuracy_sd",
@@ -212,9 +276,10 @@ class SpeciesResult:
             if "seed_ensemble" in report:
                 summary["seed_ensemble_accuracy"] = report["seed_ensemble"]["accuracy"]
         if "accuracy_vs_length" in report:
-            summary["accuracy_vs_length"] = {r["length"]: [round(r["accuracy"], 4),
-                                                           round(r["baseline_accuracy"], 4)]
-                                             for r in report["accuracy_vs_length"]}
+            summary["accuracy_vs_length"] = {
+                r["length"]: [round(r[k], 4) for k in ("accuracy", "baseline_accuracy",
+                                                       "exact_kmer_accuracy") if k in r]
+                for r in report["accuracy_vs_length"]}
         return {**summary, "report": str(self.out / "report.json")}
 
 
@@ -222,24 +287,32 @@ def train_species_classifier(config: ClassifySpeciesConfig) -> SpeciesResult:
     """Train a species classifier (or one per fold or seed) and report it beside a k-mer
     baseline on the same test windows.
 
-    >>> result = train_species_classifier(ClassifySpeciesConfig(  # doctest: +SKIP
-    ...     species=["a=a.fa", "b=b.fa", "c=c.fa"], out="runs/abc", seeds=[0, 1],
-    ...     eval_lengths=[250, 1000]))
-    >>> result.report["seed_ensemble"]["accuracy"], result.parts[1].model_dir  # doctest: +SKIP
+    >>> from mambaseq.mamba_bio import simulate_genomes, write_species_fastas
+    >>> fastas = write_species_fastas("genomes", simulate_genomes("((a:0.1,b:0.1):0.1,c:0.2);",
+    ...                                                           length=4000))
+    >>> result = train_species_classifier(ClassifySpeciesConfig(
+    ...     species=[f"{name}={path}" for name, path in fastas.items()], out="runs/abc",
+    ...     seeds=[0, 1], eval_lengths=[100, 400], seq_len=100, steps=2, d_model=8, n_layer=1,
+    ...     batch_size=2, eval_per_class=2, baseline_per_class=4, device="cpu"))
+    >>> result.report["classes"], 0 <= result.report["seed_ensemble"]["accuracy"] <= 1
+    (['a', 'b', 'c'], True)
+    >>> [part.model_dir.as_posix() for part in result.parts]
+    ['runs/abc/seed0/model', 'runs/abc/seed1/model']
 
     Raises:
         ValueError: bad input (a missing FASTA, an eval length no test region holds, a
             pretrained model that does not fit), naming it; ``out_folder.OutRefused``:
             ``config.out`` is not a folder this job may write.
     """
-    with run_folder(config, "classify-species", training=True) as out:
-        return _classify(config, out)
-
-
-def _classify(config: ClassifySpeciesConfig, out: Path) -> SpeciesResult:
-    tokenizer = CharTokenizer()
+    # the inputs are opened (and refused, naming the file) before the out folder is touched
     species = {name: [open_sequences(f, decompress_gzip=config.decompress_gzip) for f in files]
                for name, files in parse_species(config.species).items()}
+    with run_folder(config, "classify-species", training=True) as out:
+        return _classify(config, out, species)
+
+
+def _classify(config: ClassifySpeciesConfig, out: Path, species: dict) -> SpeciesResult:
+    tokenizer = CharTokenizer()
     parts = _train_parts(config, species, tokenizer)
     if not is_main_process():
         return SpeciesResult(report={}, out=out, model_dir=parts[0].model_dir, parts=parts)
@@ -312,10 +385,13 @@ def _train_part(config: ClassifySpeciesConfig, species: dict, tokenizer: CharTok
     scored = load_model(best) if best.is_dir() else model.cpu()
     train_x, train_y = data.fixed_windows("train", config.seq_len, config.baseline_per_class)
     pred = window_probabilities(scored, tokenizer, test_x, config.eval_tokens).argmax(1)
+    exact = (ExactKmerMatch(config.exact_k, unique=config.exact_unique, seed=config.seed)
+             .fit(region_sequences(data, "train")) if config.exact_k else None)
     by_length = score_lengths(scored, data, tokenizer, config.eval_lengths,
                               per_class=config.eval_per_class,
                               baseline_per_class=config.baseline_per_class, kmer=config.kmer,
-                              seed=config.seed, tokens_per_batch=config.eval_tokens) \
+                              seed=config.seed, tokens_per_batch=config.eval_tokens,
+                              exact=exact) \
         if config.eval_lengths else {}
     return PartScores(
         classes=data.classes, labels=test_y, pred=pred,
@@ -324,7 +400,9 @@ def _train_part(config: ClassifySpeciesConfig, species: dict, tokenizer: CharTok
         scored_model="best validation checkpoint" if best.is_dir() else "final model",
         test_regions={c: [f"{Path(p).name}:{w.name}:{w.start}-{w.end}" for p, w in r]
                       for c, r in zip(data.classes, data.regions("test"))},
-        by_length=by_length, model_dir=Path(summary["model_dir"]))
+        by_length=by_length, model_dir=Path(summary["model_dir"]),
+        exact_pred=exact.predict(test_x) if exact else None,
+        exact_method=exact_kmer_method(exact) if exact else None)
 
 
 def _pretrain(config: ClassifySpeciesConfig, split_bed: Path) -> Path:
@@ -506,9 +584,19 @@ def predict_species(config: PredictSpeciesConfig) -> PredictResult:
     """Species calls for every window and every record of ``config.fasta``: writes the
     per-window TSV ``config.out`` and the per-record summary (see the module's docstring).
 
-    >>> result = predict_species(PredictSpeciesConfig(  # doctest: +SKIP
-    ...     model=["runs/abc/model"], fasta=["new.fa"], out="preds.tsv"))
-    >>> [(r.record, r.predicted) for r in result.records], result.summary  # doctest: +SKIP
+    >>> from mambaseq import core
+    >>> from mambaseq.mamba_bio import CharTokenizer, write_fasta
+    >>> tok = CharTokenizer()        # a classifier folder, as train_species_classifier writes
+    >>> clf = core.SequenceClassifier(core.SequenceClassifierConfig(
+    ...     vocab_size=tok.vocab_size, d_model=8, n_layer=1, num_classes=2))
+    >>> clf.save_pretrained("model", extra_json=core.model_assets(tok, ["human", "mouse"]))
+    >>> _ = write_fasta("new.fa", {"r1": "ACGT" * 100, "r2": "ACGTTGCA" * 10})   # 400, 80 bases
+    >>> result = predict_species(PredictSpeciesConfig(model=["model"], fasta=["new.fa"],
+    ...                                               out="preds.tsv", window=100))
+    >>> [(r.record, r.windows, r.predicted in ("human", "mouse")) for r in result.records]
+    [('r1', 4, True), ('r2', 1, True)]
+    >>> result.out.name, result.summary.name
+    ('preds.tsv', 'preds.summary.tsv')
 
     Raises:
         ``out_folder.OutRefused``: ``out`` or the summary is an input, a link, a folder or a

@@ -177,6 +177,7 @@ def train_word_classifier(config: TrainWordClassifierConfig) -> WordClassifierRe
             file, ...), naming it; ``out_folder.OutRefused``: ``config.out`` is not a folder
             this job may write.
     """
+    find_audio_files(config.data)      # a missing or empty folder is refused before out is made
     with run_folder(config, "train-word-classifier", training=True) as out:
         return _train(config, out)
 

@@ -187,6 +187,8 @@ def test_folders_of_older_versions_are_known_by_their_config(tmp_path):
 # -- 11: generate-audio never writes into a training run ----------------------------------
 
 def test_generate_audio_refuses_a_training_run(lm, tmp_path, capsys):
+    from mambaseq.mamba_audio import AudioLM
+    AudioLM.from_preset("tiny").save_pretrained(tmp_path / "audio_model")   # a real model
     before = snapshot(lm)
     assert main(["generate-audio", "--model", str(tmp_path / "audio_model"), "--out", str(lm),
                  "--n", "1", "--seconds", "0.01", "--device", "cpu"]) == 1
@@ -275,3 +277,19 @@ def test_embed_outputs_are_never_inputs_nor_foreign_files(lm, sim, tmp_path, cap
         assert main(["embed", "--model", str(model), "--fasta", str(sim["c"]), "--out",
                      str(tmp_path / "e.npz"), "--per-position", str(pos)]) == 0
     assert json.loads((pos / out_folder.MARKER).read_text())["command"] == "embed"
+
+
+@pytest.mark.parametrize("argv", [
+    ["pretrain-genome", "--fasta", "missing.fa"],
+    ["classify-species", "--species", "a=missing.fa", "b=missing2.fa"],
+    ["train-audio", "--data", "missing_folder"],
+    ["train-word-classifier", "--data", "missing_folder"],
+    ["generate-audio", "--model", "missing_model"],
+], ids=lambda a: a[0])
+def test_a_missing_input_is_refused_before_the_out_folder_is_made(argv, tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--out", "out"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing" in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -109,7 +109,8 @@ def test_classify_species_pretrains_on_train_regions_then_fine_tunes(sim, tmp_pa
     assert (out / "accuracy_vs_length.png").stat().st_size > 0
     summary = result.summary()
     assert summary["accuracy_vs_length"] == {r["length"]: [round(r["accuracy"], 4),
-                                                           round(r["baseline_accuracy"], 4)]
+                                                           round(r["baseline_accuracy"], 4),
+                                                           round(r["exact_kmer_accuracy"], 4)]
                                              for r in rows}
     assert summary["seed_ensemble_accuracy"] == ens["accuracy"]
     assert summary["report"] == str(out / "report.json")

@@ -27,7 +27,7 @@ def readme_commands() -> list[list[str]]:
         text, line = line.strip(), ""
         if not text.removeprefix("OMP_NUM_THREADS=1 ").startswith("mambaseq "):
             continue                                      # another program, or shell code
-        words = shlex.split(text.replace("$SPECIES", "a=a.fa b=b.fa").replace("$SIX", "a=a.fa")
+        words = shlex.split(text.replace("$SPECIES", "a=a.fa b=b.fa").replace("$SIX", "a=a.fa b=b.fa")
                             .replace("$SC", "sc").replace('"$RX"', "x").replace("$RX", "x"))
         if "mambaseq" in words:
             rest = words[words.index("mambaseq") + 1:]
