@@ -37,11 +37,11 @@ from mambaseq.mamba_audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from mambaseq.mamba_audio.word_clips import (load_word_sets, score_word_files, word_batches,
                                              word_eval, word_loss, word_sides)
 
-from .audio import AudioDataOptions, check_sample_rate_field, held_out_files, run_split
+from .audio import (AudioDataOptions, TrainAudioConfig, check_sample_rate_field,
+                    held_out_files, run_split)
 from .training import (Config, ConfigError, Number, TrainConfig, is_main_process,
                        non_negative_float, non_negative_int, option, positive_float,
-                       positive_int, redefault, run_folder, seed_everything,
-                       share_below_one, train)
+                       positive_int, redefault, run_folder, seed_everything, train)
 
 SCORES_FILE = "scores.json"         # <out>/scores.json: the report of train_word_classifier
 # mu_law_bits: 0 keeps the clips as read, else the quantiser's own range (1 to 16)
@@ -95,11 +95,7 @@ class TrainWordClassifierConfig(WordClipOptions, AudioDataOptions, TrainConfig):
     warmup_steps: int = redefault(TrainConfig, "warmup_steps", 50)
     eval_every: int = redefault(TrainConfig, "eval_every", 200)
     save_every: int = redefault(TrainConfig, "save_every", 500)
-    val_fraction: float = option(0.15, rule=share_below_one,
-                                 help="validate on this share of the training speakers (or "
-                                      "files), split off like the test side and never trained "
-                                      "on, so that choices made on validation never see the "
-                                      "test side; 0 validates on the test side")
+    val_fraction: float = redefault(TrainAudioConfig, "val_fraction", 0.15)
     sample_rate: int = option(16000, rule=positive_int,
                               help=f"rate clips are resampled to ({MIN_SAMPLE_RATE} to "
                                    f"{MAX_SAMPLE_RATE} Hz)")
