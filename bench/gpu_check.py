@@ -9,7 +9,7 @@
    forward y, final state, the gradient of every input, two chunks passing state == one
    call, and ``selective_state_update`` step by step against the reference step and the
    scan. Error = max |triton - reference| / max |reference| per tensor; tolerances as in
-   tests/test_triton_scan.py (fp32 1e-4, bf16 2e-2).
+   tests/kernels/test_triton_scan.py (fp32 1e-4, bf16 2e-2).
 2. timings (bf16, B=1, E=2048, N=16, L 2k-64k): the scan forward and forward+backward
    against the reference loop (to 2k), mambapy, mamba_ssm if installed, and causal
    attention (``scaled_dot_product_attention``, which runs torch's flash-attention kernel
