@@ -28,6 +28,7 @@ from mambaseq.core import MambaBackbone
 
 from .fasta import open_sequences
 from .predict import has_base, window_spans
+from .token_cache import TokenCache
 
 
 @torch.no_grad()
@@ -35,17 +36,18 @@ def hidden_chunks(model, ids: torch.Tensor, chunk_len: int = 2 ** 14):
     """Yield (start, h) with h (chunk, D) the final hidden states of positions
     [start, start + chunk) of one sequence ``ids`` (L,); chunks cover all of it in order.
 
-    ``model``: a ``core.MambaLM``, ``core.SequenceClassifier`` or ``mamba_bio.MaskedLM``
-    (anything with ``embedding`` and ``backbone``).
+    ``ids`` is a tensor or a ``token_cache.CachedIds`` (read slice by slice). ``model``: a
+    ``core.MambaLM``, ``core.SequenceClassifier`` or ``mamba_bio.MaskedLM`` (anything with
+    ``embedding`` and ``backbone``).
     """
     if isinstance(model.backbone, MambaBackbone):
         state = None
         for start in range(0, len(ids), chunk_len):
-            x = model.embedding(ids[None, start:start + chunk_len])       # (1, chunk, D)
+            x = model.embedding(ids[start:start + chunk_len][None])       # (1, chunk, D)
             h, state = model.backbone(x, state=state, return_state=True)
             yield start, h[0]
     else:
-        h = model.backbone(model.embedding(ids[None]))[0]                 # (L, D)
+        h = model.backbone(model.embedding(ids[:][None]))[0]              # (L, D)
         for start in range(0, len(ids), chunk_len):
             yield start, h[start:start + chunk_len]
 
@@ -130,9 +132,10 @@ def embed_sequences(model, tokenizer, source, *, label: str, pooling: str = "mea
     (its file name) names it in errors."""
     check_pooling(model, pooling)
     device = next(model.parameters()).device
+    cache = TokenCache.open(source, tokenizer)     # encoded once; records read chunk by chunk
     rows = []
     for i, name in enumerate(tqdm(source.names, unit="record")):
-        ids = tokenizer.encode(source.fetch(name), source=f"{label}:{name}")
+        ids = cache.ids(name)                                              # lazy (L,)
         if len(ids) == 0:
             raise ValueError(f"{label}:{name}: empty record")
         rows.append(embed_record(model, ids.to(device), chunk_len, pooling,
