@@ -102,22 +102,23 @@ PRESETS = {
 class ClassifySpeciesConfig(GenomeModelOptions, TrainConfig):
     """Options of :func:`train_species_classifier` (and of ``mambaseq classify-species``).
 
-    With ``preset`` every option still at classify-species' own default takes the preset's
-    value (``PRESETS``); an option set to another value wins. The resolved options are the
-    config's fields, so the run's config.json shows them. An option given at its ordinary
-    default cannot be told from one not given: to keep such a value, leave the preset out and
-    give its options one by one.
+    A preset (``PRESETS``) gives its values to every option not given:
+    :meth:`from_preset` (and ``--preset`` on the command line, which knows the options named)
+    sets every given option on top of the preset's, whatever its value. Built directly with
+    ``preset=``, the config cannot tell an option given at its ordinary default from one left
+    out, so every option still at classify-species' default takes the preset's value. The
+    resolved options are the config's fields, so the run's config.json shows them.
 
     >>> config = ClassifySpeciesConfig.from_preset(
-    ...     "close-lineages", species=["a=a.fa", "b=b.fa"], out="runs/ab", steps=300)
-    >>> config.seq_len, config.steps
-    (32768, 300)
+    ...     "close-lineages", species=["a=a.fa", "b=b.fa"], out="runs/ab", steps=500)
+    >>> config.seq_len, config.steps, config.preset          # steps 500 is given: it wins
+    (32768, 500, 'close-lineages')
     """
 
     OPTIONS_GROUP = "species"
     preset: str | None = option(None, choices=tuple(PRESETS), metavar="NAME",
-                                help="a recipe's option values for every option left at its "
-                                     "default (close-lineages: long windows reached by a "
+                                help="a recipe's option values for every option not given "
+                                     "(close-lineages: long windows reached by a "
                                      "sequence-length warmup, see the README); an option you "
                                      "give wins; config.json shows the resolved options")
     # classify-species' own defaults of the training and model options
@@ -206,9 +207,15 @@ class ClassifySpeciesConfig(GenomeModelOptions, TrainConfig):
 
     @classmethod
     def from_preset(cls, name: str, **options) -> "ClassifySpeciesConfig":
-        """The config of preset ``name`` with ``options`` (species, out, ...) set on top: the
-        same as ``ClassifySpeciesConfig(preset=name, **options)``."""
-        return cls(preset=name, **options)
+        """The config of preset ``name`` with ``options`` (species, out, ...) set on top:
+        every option given wins, whatever its value (``ClassifySpeciesConfig(preset=name,
+        ...)`` cannot tell an option given at its ordinary default from one left out)."""
+        if name not in PRESETS:
+            raise ConfigError(cls.__name__, "preset", f"must be one of "
+                                                      f"{', '.join(PRESETS)}, got {name!r}")
+        config = cls(**{**PRESETS[name], **options})
+        config.preset = name                   # the recipe the options came from, for config.json
+        return config
 
     def __post_init__(self):
         if self.preset in PRESETS:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mambaseq.pipelines.training.fields import ConfigError
 
-from .options import add_config_options, config_from_args, option_name
+from .options import add_config_options, config_from_args, given_options, option_name
 
 PROG = "mambaseq"
 
@@ -345,14 +345,16 @@ def _main(argv: list[str]) -> int:
         config_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         config_only.add_argument("--config")
         config_path = config_only.parse_known_args(rest)[0].config
+        from_file = load_config_file(config_path) if config_path else {}
         if config_path:
-            apply_config(parser, load_config_file(config_path), config_path, name)
+            apply_config(parser, from_file, config_path, name)
     except ValueError as e:
         _error(prefix, str(e))
         return 2
     args = parser.parse_args(rest)  # exits with code 2 and a usage line on bad options
     try:
-        config = config_from_args(module.CONFIG, args)
+        given = given_options(parser, rest) | {str(k).replace("-", "_") for k in from_file}
+        config = config_from_args(module.CONFIG, args, given)
     except ConfigError as e:
         _error(prefix, f"argument {option_name(module.CONFIG, e.field)}: {e.reason}")
         return 2

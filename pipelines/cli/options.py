@@ -89,19 +89,39 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls) -> None:
             group.add_argument(*(meta.get("flags") or (flag(f.name),)), dest=f.name, **kwargs)
 
 
-def config_from_args(config_cls, args: argparse.Namespace):
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests of the options ``argv`` names itself (``--lr 1e-3``, ``--lr=1e-3``); an
+    option left at its default is not among them."""
+    given = set()
+    for word in argv:
+        action = parser._option_string_actions.get(word.split("=", 1)[0])
+        if word.startswith("-") and action is not None:
+            given.add(action.dest)
+    return given
+
+
+def config_from_args(config_cls, args: argparse.Namespace, given: set[str] | None = None):
     """``config_cls`` built from the parsed options (the fields the command line offers).
+
+    A config with presets (a ``preset`` field and ``from_preset``): with a preset named,
+    only the options in ``given`` (named on the command line or in the ``--config`` file)
+    are set on top of the preset's values; an option given at its ordinary default still
+    wins over the preset.
 
     Raises:
         fields.ConfigError: a value the config refuses (naming the field; the command line
             shows its flag, :func:`option_name`).
     """
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
-             if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+              if hasattr(args, f.name)}
     for f in dataclasses.fields(config_cls):       # lists arrive as lists; tuples stay tuples
-        if isinstance(given.get(f.name), list) and isinstance(f.default, tuple):
-            given[f.name] = tuple(given[f.name])
-    return config_cls(**given)
+        if isinstance(values.get(f.name), list) and isinstance(f.default, tuple):
+            values[f.name] = tuple(values[f.name])
+    preset = values.get("preset")
+    if preset and given is not None and hasattr(config_cls, "from_preset"):
+        return config_cls.from_preset(preset, **{k: v for k, v in values.items()
+                                                 if k in given and k != "preset"})
+    return config_cls(**values)
 
 
 def option_name(config_cls, field: str) -> str:

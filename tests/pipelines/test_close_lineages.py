@@ -126,3 +126,21 @@ def test_warmup_reaches_each_stage_at_its_step_and_resumes_inside_a_stage_bitwis
     a = load_file(whole / "model" / "model.safetensors")
     b = load_file(cut / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_option_given_at_its_ordinary_default_wins_over_the_preset(tmp_path):
+    """steps 500 is classify-species' default: named in Python or on the command line, it
+    is kept, not replaced by the preset's 700."""
+    species = ["a=a.fa", "b=b.fa"]
+    config = ClassifySpeciesConfig.from_preset("close-lineages", species=species, out="x",
+                                               steps=500, pooling="mean")
+    assert (config.steps, config.pooling, config.seq_len) == (500, "mean", PRESET["seq_len"])
+    from mambaseq.pipelines import cli
+    from mambaseq.pipelines.cli.options import config_from_args, given_options
+    module = cli.load_command("classify-species")
+    parser = cli.build_parser("classify-species", module)
+    argv = ["--preset", "close-lineages", "--species", *species, "--out", "x", "--steps=500",
+            "--pooling", "mean"]
+    parsed = config_from_args(module.CONFIG, parser.parse_args(argv),
+                              given_options(parser, argv))
+    assert parsed == config and parsed.preset == "close-lineages"
