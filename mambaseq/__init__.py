@@ -34,6 +34,21 @@ def _layer_folder(module_name):
     return str(installed if installed.is_dir() else here.parent / layer)
 
 
+def _lazy_names(package: str, modules: dict[str, tuple[str, ...]]):
+    """``(__getattr__, __all__)`` for a package whose public names are imported on first use:
+    ``modules`` maps each of its submodules to the names it defines."""
+    import importlib
+
+    where = {name: module for module, names in modules.items() for name in names}
+
+    def __getattr__(name):
+        if name in where:
+            return getattr(importlib.import_module(f"{package}.{where[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__, sorted(where)
+
+
 try:
     __version__ = version("mambaseq")
 except PackageNotFoundError:  # imported from a source tree that was never installed

@@ -13,7 +13,7 @@ command line (``pipelines.cli``, ``python -m mambaseq.pipelines``) is a thin lay
 flags into these configs. Names are imported on first use, so that the command line starts
 without importing every job.
 """
-from mambaseq import _layer_folder
+from mambaseq import _layer_folder, _lazy_names
 
 __path__ = [_layer_folder(__spec__.name)]  # the layer's modules: see mambaseq/__init__.py
 
@@ -35,15 +35,7 @@ _JOBS = {
     "benchmarks": ("BenchConfig", "BenchResult", "run_benchmarks"),
     "training": ("TrainConfig", "train", "ConfigError"),
 }
-_WHERE = {name: module for module, names in _JOBS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        import importlib
-        return getattr(importlib.import_module(f"mambaseq.pipelines.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = _lazy_names(__spec__.name, _JOBS)
 
 
 if __name__ == "__main__":

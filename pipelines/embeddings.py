@@ -45,14 +45,15 @@ from mambaseq.mamba_bio.embeddings import (TILES_BED_HEADER, POOLINGS, embed_seq
 from mambaseq.mamba_bio.fasta import open_sequences
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 
-from .training import Config, load_model, option, positive_int, resolve_device
+from .genome import ModelReadOptions
+from .training import load_model, option, positive_int, resolve_device
 from .training import out_folder
 
 POSITIONS_KIND = "per-position embeddings"     # the kind in the per_position folder's marker
 
 
 @dataclasses.dataclass(kw_only=True)
-class EmbedConfig(Config):
+class EmbedConfig(ModelReadOptions):
     """Options of :func:`embed` (and of ``mambaseq embed``)."""
 
     OPTIONS_GROUP = "embed"
@@ -77,11 +78,6 @@ class EmbedConfig(Config):
     per_position: str | None = option(None, metavar="DIR",
                                       help="also write per-position hidden states, one .npy "
                                            "per record")
-    chunk_len: int = option(2 ** 14, rule=positive_int,
-                            help="bases per forward chunk (memory bound)")
-    device: str = option("cpu", choices=("cpu", "cuda"), help="where the model runs")
-    decompress_gzip: bool = option(False, help="accept a plain-gzip FASTA by decompressing it "
-                                               "once to a cache")
 
     def __post_init__(self):
         super().__post_init__()

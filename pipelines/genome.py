@@ -45,6 +45,24 @@ SPLIT_FILE = "split.bed"           # <out>/split.bed: the regions a run trains a
 
 
 @dataclasses.dataclass(kw_only=True)
+class FastaOptions(Config):
+    """How every genome job reads its FASTA files."""
+
+    OPTIONS_GROUP = "FASTA input"
+    decompress_gzip: bool = option(False, help="accept a plain-gzip FASTA by decompressing it "
+                                               "once to a cache")
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelReadOptions(FastaOptions):
+    """How a job runs a trained model over whole records (eval-genome, embed)."""
+
+    chunk_len: int = option(2 ** 14, rule=positive_int,
+                            help="bases per forward chunk (memory bound)")
+    device: str = option("cpu", choices=("cpu", "cuda"), help="where the model runs")
+
+
+@dataclasses.dataclass(kw_only=True)
 class GenomeModelOptions(Config):
     """The model size every genome job that builds a model shares."""
 
@@ -55,7 +73,7 @@ class GenomeModelOptions(Config):
 
 
 @dataclasses.dataclass(kw_only=True)
-class PretrainGenomeConfig(GenomeModelOptions, TrainConfig):
+class PretrainGenomeConfig(FastaOptions, GenomeModelOptions, TrainConfig):
     """Options of :func:`pretrain_genome` (and of ``mambaseq pretrain-genome``)."""
 
     OPTIONS_GROUP = "genome"
@@ -84,8 +102,6 @@ class PretrainGenomeConfig(GenomeModelOptions, TrainConfig):
     no_rc_augment: bool = option(False, help="do not reverse-complement half of the training "
                                              "windows")
     strict: bool = option(False, help="IUPAC codes other than N are an error instead of N")
-    decompress_gzip: bool = option(False, help="accept a plain-gzip FASTA by decompressing it "
-                                               "once to a cache")
 
     def __post_init__(self):
         super().__post_init__()
@@ -184,18 +200,13 @@ def _pretrain(config: PretrainGenomeConfig, out: Path, files, sources, splits) -
 
 
 @dataclasses.dataclass(kw_only=True)
-class EvalGenomeConfig(Config):
+class EvalGenomeConfig(ModelReadOptions):
     """Options of :func:`evaluate_genome` (and of ``mambaseq eval-genome``)."""
 
     OPTIONS_GROUP = "eval-genome"
     model: str = option(help="model folder (pretrain-genome's OUT/model)")
     fasta: list[str] = option(help="FASTA file(s) to score")
     bed: str | None = option(None, help="score only these intervals (BED, for a single fasta)")
-    chunk_len: int = option(2 ** 14, rule=positive_int,
-                            help="bases per forward chunk (memory bound)")
-    device: str = option("cpu", choices=("cpu", "cuda"), help="where the model runs")
-    decompress_gzip: bool = option(False, help="accept plain-gzip FASTA by decompressing it "
-                                               "once to a cache")
 
     def __post_init__(self):
         super().__post_init__()

@@ -65,9 +65,9 @@ from mambaseq.mamba_bio.species import (PartScores, build_classifier, check_eval
 from mambaseq.core.model_folder import model_assets
 from mambaseq.mamba_bio.tokenizers import CharTokenizer
 
-from .genome import (SPLIT_FILE, GenomeModelOptions, PretrainGenomeConfig, keep_split_bed,
-                     pretrain_genome)
-from .training import (BEST, Config, ConfigError, Number, TrainConfig, is_main_process,
+from .genome import (SPLIT_FILE, FastaOptions, GenomeModelOptions, ModelReadOptions,
+                     PretrainGenomeConfig, keep_split_bed, pretrain_genome)
+from .training import (BEST, ConfigError, Number, TrainConfig, is_main_process,
                        load_model, non_negative_int, option, out_folder, positive_int,
                        redefault, run_folder, seed_everything, seed_int, share,
                        share_below_one, train)
@@ -99,7 +99,7 @@ PRESETS = {
 
 
 @dataclasses.dataclass(kw_only=True)
-class ClassifySpeciesConfig(GenomeModelOptions, TrainConfig):
+class ClassifySpeciesConfig(FastaOptions, GenomeModelOptions, TrainConfig):
     """Options of :func:`train_species_classifier` (and of ``mambaseq classify-species``).
 
     A preset (``PRESETS``) gives its values to every option not given:
@@ -202,8 +202,6 @@ class ClassifySpeciesConfig(GenomeModelOptions, TrainConfig):
                                "the report and the accuracy-vs-length plot; 0: off)")
     exact_unique: bool = option(False, help="the exact-k-mer baseline counts only k-mers found "
                                             "in one species' training regions")
-    decompress_gzip: bool = option(False, help="accept a plain-gzip FASTA by decompressing it "
-                                               "once to a cache")
 
     @classmethod
     def from_preset(cls, name: str, **options) -> "ClassifySpeciesConfig":
@@ -436,7 +434,7 @@ TRAIN_CONFIG = "train_config.json"               # a checkpoint's training optio
 
 
 @dataclasses.dataclass(kw_only=True)
-class PredictSpeciesConfig(Config):
+class PredictSpeciesConfig(FastaOptions):
     """Options of :func:`predict_species` (and of ``mambaseq predict-species``)."""
 
     OPTIONS_GROUP = "predict-species"
@@ -457,9 +455,7 @@ class PredictSpeciesConfig(Config):
                                 help="bases between window starts (default: window, no "
                                      "overlap)")
     batch_size: int = option(32, rule=positive_int, help="windows per forward pass")
-    device: str = option("cpu", choices=("cpu", "cuda"), help="where the model runs")
-    decompress_gzip: bool = option(False, help="accept plain-gzip FASTA by decompressing it "
-                                               "once to a cache")
+    device: str = redefault(ModelReadOptions, "device", "cpu")
 
     def __post_init__(self):
         super().__post_init__()

@@ -5,7 +5,7 @@ No argparse here, and no domain: errors name config fields, and a job hands the 
 model, a loss, a batch function and an eval function. Names are imported on first use, so
 that the command line reads its configs' fields (``fields``) without importing torch.
 """
-import importlib
+from mambaseq import _lazy_names
 
 # public name -> the module of this package that defines it
 _MODULES = {
@@ -19,11 +19,4 @@ _MODULES = {
     "out_folder": ("OutRefused",),
     "run_folders": ("run_folder",),
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = _lazy_names(__name__, _MODULES)
